@@ -1,0 +1,232 @@
+"""The `rmboost` command line: one Typer app whose subcommands follow the data flow."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rmboost.backends import BackendOptions
+from rmboost.llm.types import FatalLLMError
+
+app = typer.Typer(
+    name="rmboost",
+    help="Better reward models from synthetic preference data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+# Errors a user can fix: one clear line, no traceback, non-zero exit.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def generate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Pairs file (.jsonl or .parquet).")],
+    task: Annotated[str, typer.Option(help="Built-in task name or a task YAML path.")] = "qa_feedback",
+    method: Annotated[str, typer.Option(help="Generation method.")] = "rmboost",
+    input: Annotated[
+        str,
+        typer.Option(
+            "--input", "-i",
+            help="Prompts: .jsonl/.json/.parquet/.csv, a saved HF dataset folder, QA-Feedback's "
+            "dev_feedback.json (or its folder), or sample:qa_feedback (20 shipped prompts).",
+        ),
+    ] = "sample:qa_feedback",
+    field: Annotated[
+        list[str] | None, typer.Option(help="Map a task field to your column: TASK_FIELD=COLUMN (repeatable).")
+    ] = None,
+    id_field: Annotated[str, typer.Option(help="Column holding row ids (row-<index> when absent).")] = "id",
+    split: Annotated[str, typer.Option(help="Split of a saved DatasetDict.")] = "train",
+    input_format: Annotated[str, typer.Option(help="auto, rows or qa_feedback.")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds labels, aspects and every request.")] = 0,
+    shard: Annotated[str | None, typer.Option(help="Run shard k of N (k/N, 1-based); merge with `rmboost merge`.")] = None,
+    conversational: Annotated[bool, typer.Option(help="Write prompt/chosen/rejected as chat message lists.")] = False,
+    backend: Annotated[str, typer.Option(help="llamacpp (local GGUF) or openai (any compatible endpoint).")] = "llamacpp",
+    model: Annotated[str | None, typer.Option(help="openai: served model name; llamacpp: GGUF path (default: embedded SmolLM2-135M-Instruct).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://localhost:8000/v1.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the API key.")] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 1,
+    rpm: Annotated[float | None, typer.Option(help="openai: requests per minute limit.")] = None,
+    tpm: Annotated[float | None, typer.Option(help="openai: tokens per minute limit.")] = None,
+    timeout: Annotated[float, typer.Option(help="openai: per-request timeout in seconds.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(help="openai: retries on 429/5xx/timeouts.")] = 6,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    top_p: Annotated[float, typer.Option()] = 0.95,
+    max_tokens: Annotated[int, typer.Option(help="Per response.")] = 512,
+    n_ctx: Annotated[int, typer.Option(help="llamacpp: context window.")] = 8192,
+    aspect_mode: Annotated[str, typer.Option(help="model-selects (paper), sample, or none (No-Aspect ablation).")] = "model-selects",
+    aspects_k: Annotated[int, typer.Option(help="Aspects per pair with --aspect-mode sample.")] = 2,
+    y1_from: Annotated[str | None, typer.Option(help="Take y1 from this column (e.g. reference) instead of generating it.")] = None,
+    max_attempts: Annotated[int, typer.Option(help="Samples per step before a prompt goes to failures.")] = 3,
+    prefill: Annotated[
+        bool | None,
+        typer.Option("--prefill/--no-prefill", help="Start each answer inside <response> (default: on for llamacpp; for openai only servers that continue a final assistant message, e.g. vLLM)."),
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Request cache (SQLite); default ~/.cache/rmboost/llm-cache.sqlite.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+) -> None:
+    """Generate preference pairs from prompts with an LLM."""
+    from rmboost.data.inputs import parse_field_map
+    from rmboost.generate import GenerateConfig, parse_shard, run_generate
+
+    try:
+        cfg = GenerateConfig(
+            task=task,
+            input=input,
+            output=output,
+            method=method,
+            fields=parse_field_map(field),
+            id_field=id_field,
+            split=split,
+            input_format=input_format,
+            limit=limit,
+            seed=seed,
+            shard=parse_shard(shard) if shard else None,
+            conversational=conversational,
+            backend=BackendOptions(
+                backend=backend,
+                model=model,
+                base_url=base_url,
+                api_key_env=api_key_env,
+                timeout=timeout,
+                max_retries=max_retries,
+                requests_per_minute=rpm,
+                tokens_per_minute=tpm,
+                n_ctx=n_ctx,
+            ),
+            concurrency=concurrency,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            cache=cache,
+            use_cache=not no_cache,
+            aspect_mode=aspect_mode,
+            aspects_k=aspects_k,
+            y1_from=y1_from,
+            max_attempts=max_attempts,
+            prefill=prefill,
+            show_progress=progress,
+        )
+        summary = asyncio.run(run_generate(cfg, err))
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted[/]: every finished pair is kept in {output}; "
+            "run the same command again to resume."
+        )
+        raise typer.Exit(130) from None
+    except USER_ERRORS as exc:
+        raise _fail(f"{exc}" + _kept_note(output)) from None
+    print_summary(summary)
+
+
+def _kept_note(output: Path) -> str:
+    from rmboost.data.pairs import working_path
+
+    path = working_path(Path(output))
+    if path.exists() and path.stat().st_size:
+        return f" (finished pairs are kept in {path}; re-run to resume)"
+    return ""
+
+
+def print_summary(summary: object) -> None:
+    s = summary  # GenerateSummary
+    table = Table(title=f"rmboost generate: {s.method} on {s.task} with {s.model}", show_header=True)
+    table.add_column("step")
+    for col in ("calls", "cache hits", "tokens in", "tokens out"):
+        table.add_column(col, justify="right")
+    for step, u in s.usage.items():
+        table.add_row(
+            step,
+            str(u["calls"]),
+            str(u["cache_hits"]),
+            f"{u['tokens_in'] + u['cached_tokens_in']:,}",
+            f"{u['tokens_out'] + u['cached_tokens_out']:,}",
+        )
+    err.print(table)
+    fails = ", ".join(f"{k}: {v}" for k, v in sorted(s.failures.items())) or "none"
+    err.print(
+        f"pairs: {s.pairs_written} new, {s.resumed} resumed, {s.pairs_total} in file "
+        f"(labels {s.labels}) | failures: {fails} | LLM calls: {s.llm_calls}, "
+        f"cache hits: {s.cache_hits} | wall time: {s.wall_seconds:.1f}s",
+        highlight=False,
+    )
+    err.print(f"failures: {s.failures_file}", highlight=False)
+    out.print(f"pairs written to {s.output}", highlight=False)
+
+
+@app.command()
+def tasks(name: Annotated[str | None, typer.Argument(help="Show this task in full.")] = None) -> None:
+    """List the built-in tasks, or show one (or a task YAML file) in full."""
+    from rmboost.tasks import builtin_task_names, load_task
+
+    try:
+        if name is None:
+            table = Table("task", "aspects", "inputs", "description")
+            for n in builtin_task_names():
+                t = load_task(n)
+                table.add_row(
+                    n,
+                    ", ".join(a.name for a in t.aspects),
+                    ", ".join(f.name + ("" if f.required else "?") for f in t.inputs),
+                    t.description,
+                )
+            out.print(table)
+            out.print("Show one with `rmboost tasks NAME`; add your own as a YAML file (see README).")
+            return
+        t = load_task(name)
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"[bold]{t.name}[/] ({t.source}): {t.description}")
+    out.print(f"inputs: {', '.join(f.name + ('' if f.required else ' (optional)') for f in t.inputs)}")
+    out.print(f"reference field: {t.reference_field or '-'}; response noun: {t.response_noun}")
+    out.print(f"guideline: {t.guideline}")
+    for a in t.aspects:
+        out.print(f"  - {a.name} ({a.title}): {a.description}")
+
+
+@app.command()
+def merge(
+    inputs: Annotated[list[Path], typer.Argument(help="Shard outputs to merge.")],
+    output: Annotated[Path, typer.Option("--output", "-o")],
+) -> None:
+    """Merge shard outputs into one dataset (ids must not repeat across shards)."""
+    from rmboost.data.pairs import atomic_write_jsonl, read_pairs
+
+    seen: dict[str, Path] = {}
+    rows = []
+    try:
+        for path in inputs:
+            for row in read_pairs(path):
+                if row["id"] in seen:
+                    raise ValueError(f"id {row['id']!r} is in both {seen[row['id']]} and {path}")
+                seen[row["id"]] = path
+                rows.append(row)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(output, rows)
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{len(rows)} pairs from {len(inputs)} files written to {output}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

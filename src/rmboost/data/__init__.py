@@ -1,0 +1,1 @@
+"""Reading prompts and pairs, the QA-Feedback loader, and writing pair datasets."""

@@ -1,0 +1,116 @@
+"""What every method shares: per-request seeds, tagged sampling with bounded retries, failures."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rmboost.llm import LLM, Completion, FatalLLMError, LLMError, Message, SamplingParams
+from rmboost.parsing import ParseError, extract_tag, normalize_for_compare
+from rmboost.tasks import TaskSpec
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 31-bit seed from the job seed and names (row id, step, attempt)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+class StepFailed(Exception):
+    """A step produced no usable answer within its attempts; becomes a failures.jsonl row."""
+
+    def __init__(self, step: str, reason: str, raw: str, attempts: list[dict[str, Any]]):
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+        self.raw = raw
+        self.attempts = attempts
+
+
+@dataclass
+class MethodContext:
+    """The job-wide things a method needs to turn a row into a pair."""
+
+    llm: LLM
+    task: TaskSpec
+    params: SamplingParams
+    seed: int = 0
+    max_attempts: int = 3
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    text: str
+    raw: str
+    completions: list[Completion]
+
+
+Validator = Callable[[str], None]  # raises ParseError to reject a parsed answer
+
+
+async def sample_tagged(
+    ctx: MethodContext,
+    messages: list[Message],
+    *,
+    row_id: str,
+    step: str,
+    tag: str = "response",
+    validate: Validator | None = None,
+    stop_at_close: bool = True,
+) -> StepResult:
+    """Sample until the answer parses and validates, at most `ctx.max_attempts` fresh samples.
+
+    Each attempt has its own seed and sample index, so it is cached on its own: a re-run replays
+    the same attempts from the cache. A backend error (not a bad answer) is not resampled.
+    """
+    completions: list[Completion] = []
+    attempts: list[dict[str, Any]] = []
+    if ctx.options.get("prefill"):
+        # Start the answer inside the tag: small models rarely emit the tag on their own.
+        messages = [*messages, {"role": "assistant", "content": f"<{tag}>"}]
+    stop = (f"</{tag}>",) if stop_at_close else ()
+    for attempt in range(ctx.max_attempts):
+        params = replace(ctx.params, seed=derive_seed(ctx.seed, row_id, step, attempt), stop=stop)
+        try:
+            completion = await ctx.llm.complete(messages, params, step=step, sample_index=attempt)
+        except FatalLLMError:
+            raise
+        except LLMError as exc:
+            reason = str(exc).split(":")[0] or "backend_error"
+            attempts.append({"attempt": attempt, "reason": reason, "raw": "", "error": str(exc)})
+            raise StepFailed(step, reason, "", attempts) from exc
+        completions.append(completion)
+        try:
+            text = extract_tag(completion.text, tag)
+            reject_echo(ctx.task, text)
+            if validate is not None:
+                validate(text)
+        except ParseError as exc:
+            reason = exc.reason
+            if completion.finish_reason == "length" and reason in ("no_tag", "empty"):
+                reason = f"{reason}_truncated"
+            attempts.append(
+                {"attempt": attempt, "reason": reason, "raw": completion.text, "request_id": completion.request_id}
+            )
+            continue
+        return StepResult(text=text, raw=completion.text, completions=completions)
+    last = attempts[-1]
+    raise StepFailed(step, last["reason"], last["raw"], attempts)
+
+
+_INSTRUCTION_MARKERS = ("<task_description>", "<guideline>", "<existing_", "</response>", "<response>")
+
+
+def reject_echo(task: TaskSpec, text: str) -> None:
+    """A response that repeats the instruction (its tags, role or goal sentence) is no response."""
+    lowered = text.lower()
+    if any(marker in lowered for marker in _INSTRUCTION_MARKERS):
+        raise ParseError("echoes_instruction", "the answer repeats the instruction's tags")
+    folded = normalize_for_compare(text)
+    for sentence in (task.role, task.goal):
+        probe = normalize_for_compare(sentence)[:80]
+        if len(probe) >= 40 and probe in folded:
+            raise ParseError("echoes_instruction", "the answer repeats the instruction")
