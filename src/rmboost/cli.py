@@ -21,8 +21,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)  # messages stay on one line in logs
+out = Console(soft_wrap=True)
 
 # Errors a user can fix: one clear line, no traceback, non-zero exit.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
@@ -226,6 +226,15 @@ def merge(
 
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
+
+
+# Reward models (issue 4): train-rm, eval-rm, score, data qa-feedback.
+from rmboost.rm import cli as _rm_cli  # noqa: E402
+
+app.command("train-rm")(_rm_cli.train_rm)
+app.command("eval-rm")(_rm_cli.eval_rm)
+app.command("score")(_rm_cli.score)
+app.add_typer(_rm_cli.data_app, name="data")
 
 
 if __name__ == "__main__":  # pragma: no cover
