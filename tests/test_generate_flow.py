@@ -84,10 +84,10 @@ def test_bad_answers_are_retried_then_logged_never_paired(tmp_path: Path):
     rows = read_jsonl(tmp_path / "out" / "pairs.jsonl")
     assert [r["id"] for r in rows] == ["p0", "p3"]
     fails = {f["id"]: f for f in read_jsonl(tmp_path / "out" / "pairs.failures.jsonl")}
-    assert fails["p1"]["step"] == "y1" and fails["p1"]["reason"] == "no_tag"
+    assert fails["p1"]["step"] == "y1" and fails["p1"]["reason"] == "refusal"
     assert fails["p1"]["raw"] == "I cannot help with that." and len(fails["p1"]["attempts"]) == 2
     assert fails["p2"]["step"] == "y2" and fails["p2"]["reason"] == "same_as_y1"
-    assert summary.failures == {"no_tag": 1, "same_as_y1": 1}
+    assert summary.failures == {"refusal": 1, "same_as_y1": 1}
     # each retry was a fresh sample: a different seed
     seeds = {p.seed for m, p in backend.calls if "Question 1?" in m[-1]["content"]}
     assert len(seeds) == 2

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from rmboost.backends import BackendOptions
 from rmboost.llm.types import FatalLLMError
+from rmboost.methods.judge import JudgeOptions
 
 app = typer.Typer(
     name="rmboost",
@@ -26,6 +27,32 @@ out = Console(soft_wrap=True)
 
 # Errors a user can fix: one clear line, no traceback, non-zero exit.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
+
+
+# Judge options, shared by `generate` (rlaif, west-of-n, --filter) and `filter`.
+JudgeBackend = Annotated[str | None, typer.Option(help="Judge backend (default: the generator's).")]
+JudgeModel = Annotated[str | None, typer.Option(help="Judge model (openai) or GGUF path (llamacpp).")]
+JudgeBaseUrl = Annotated[str | None, typer.Option(help="Judge endpoint (openai).")]
+JudgeKeyEnv = Annotated[str | None, typer.Option(help="Environment variable with the judge's API key.")]
+JudgeMode = Annotated[str, typer.Option(help="text (parse first/second/same) or logprobs (P(first) from token log-probabilities).")]
+JudgeTemperature = Annotated[float, typer.Option(help="Judge sampling temperature (0: greedy, no resampling).")]
+JudgeMargin = Annotated[float, typer.Option(help="logprobs mode: |P(first better) - 0.5| must exceed this for a label.")]
+
+
+def _judge_options(
+    generator: BackendOptions, backend: str | None, model: str | None, base_url: str | None,
+    key_env: str | None, mode: str, temperature: float, margin: float, max_tokens: int = 512,
+) -> JudgeOptions:
+    from dataclasses import replace
+
+    changed = {k: v for k, v in {"backend": backend, "model": model, "base_url": base_url,
+                                 "api_key_env": key_env}.items() if v is not None}
+    if backend is not None and backend != generator.backend and model is None:
+        changed["model"] = None  # another backend kind: don't carry the generator's model over
+    return JudgeOptions(
+        backend=replace(generator, **changed), mode=mode, temperature=temperature, margin=margin,
+        max_tokens=max_tokens,
+    )
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -80,12 +107,35 @@ def generate(
     cache: Annotated[Path | None, typer.Option(help="Request cache (SQLite); default ~/.cache/rmboost/llm-cache.sqlite.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
     progress: Annotated[bool, typer.Option(help="Show live progress.")] = True,
+    n: Annotated[int, typer.Option("--n", help="west-of-n: samples per prompt.")] = 8,
+    scorer: Annotated[str, typer.Option(help="west-of-n: judge (1-10 rating) or rm:PATH (a train-rm checkpoint).")] = "judge",
+    filter: Annotated[bool, typer.Option("--filter", help="Keep a pair only if the judge agrees with its label in both orders.")] = False,
+    judge_backend: JudgeBackend = None,
+    judge_model: JudgeModel = None,
+    judge_base_url: JudgeBaseUrl = None,
+    judge_api_key_env: JudgeKeyEnv = None,
+    judge_mode: JudgeMode = "text",
+    judge_temperature: JudgeTemperature = 0.0,
+    judge_margin: JudgeMargin = 0.0,
+    price_in: Annotated[float | None, typer.Option(help="Price per million input tokens (cost estimate).")] = None,
+    price_out: Annotated[float | None, typer.Option(help="Price per million output tokens (cost estimate).")] = None,
 ) -> None:
-    """Generate preference pairs from prompts with an LLM."""
+    """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
     from rmboost.data.inputs import parse_field_map
     from rmboost.generate import GenerateConfig, parse_shard, run_generate
 
     try:
+        backend_opts = BackendOptions(
+            backend=backend,
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            timeout=timeout,
+            max_retries=max_retries,
+            requests_per_minute=rpm,
+            tokens_per_minute=tpm,
+            n_ctx=n_ctx,
+        )
         cfg = GenerateConfig(
             task=task,
             input=input,
@@ -99,17 +149,7 @@ def generate(
             seed=seed,
             shard=parse_shard(shard) if shard else None,
             conversational=conversational,
-            backend=BackendOptions(
-                backend=backend,
-                model=model,
-                base_url=base_url,
-                api_key_env=api_key_env,
-                timeout=timeout,
-                max_retries=max_retries,
-                requests_per_minute=rpm,
-                tokens_per_minute=tpm,
-                n_ctx=n_ctx,
-            ),
+            backend=backend_opts,
             concurrency=concurrency,
             temperature=temperature,
             top_p=top_p,
@@ -121,6 +161,13 @@ def generate(
             y1_from=y1_from,
             max_attempts=max_attempts,
             prefill=prefill,
+            judge=_judge_options(backend_opts, judge_backend, judge_model, judge_base_url,
+                                 judge_api_key_env, judge_mode, judge_temperature, judge_margin),
+            n=n,
+            scorer=scorer,
+            filter=filter,
+            price_in=price_in,
+            price_out=price_out,
             show_progress=progress,
         )
         summary = asyncio.run(run_generate(cfg, err))
@@ -166,8 +213,54 @@ def print_summary(summary: object) -> None:
         f"cache hits: {s.cache_hits} | wall time: {s.wall_seconds:.1f}s",
         highlight=False,
     )
+    for step, u in s.judge_usage.items():
+        err.print(
+            f"judge {step}: {u['calls']} calls, {u['cache_hits']} cache hits, tokens in "
+            f"{u['tokens_in'] + u['cached_tokens_in']:,} out {u['tokens_out'] + u['cached_tokens_out']:,}",
+            highlight=False,
+        )
+    if s.filter_rate is not None:
+        err.print(f"filter: removed {s.filtered} pairs ({s.filter_rate:.0%} of those judged)", highlight=False)
+    if s.cost_usd:
+        err.print(f"estimated cost: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
     err.print(f"failures: {s.failures_file}", highlight=False)
     out.print(f"pairs written to {s.output}", highlight=False)
+
+
+@app.command("filter")
+def filter_command(
+    pairs: Annotated[Path, typer.Argument(help="Pairs to check (.jsonl/.parquet with an `inputs` column).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Kept pairs; removed ones go to <name>.filtered.jsonl.")],
+    task: Annotated[str, typer.Option(help="Task whose guideline the judge applies.")] = "qa_feedback",
+    backend: Annotated[str, typer.Option(help="Judge backend: llamacpp or openai.")] = "llamacpp",
+    model: Annotated[str | None, typer.Option(help="Judge model name (openai) or GGUF path.")] = None,
+    base_url: Annotated[str | None, typer.Option(help="Judge endpoint (openai).")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable with the API key.")] = "OPENAI_API_KEY",
+    judge_mode: JudgeMode = "text",
+    judge_temperature: JudgeTemperature = 0.0,
+    judge_margin: JudgeMargin = 0.0,
+    concurrency: Annotated[int, typer.Option(help="Judge requests in flight.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    cache: Annotated[Path | None, typer.Option(help="Request cache (SQLite).")] = None,
+) -> None:
+    """Keep the pairs whose label the judge confirms in both orders (paper, Appendix B)."""
+    from rmboost.filtering import run_filter
+    from rmboost.generate import default_cache_path
+
+    try:
+        judge = _judge_options(BackendOptions(backend=backend, model=model, base_url=base_url,
+                                              api_key_env=api_key_env),
+                               None, None, None, None, judge_mode, judge_temperature, judge_margin)
+        summary = asyncio.run(run_filter(pairs, output, task, judge, seed=seed,
+                                         cache_path=cache or default_cache_path(), concurrency=concurrency))
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    err.print(
+        f"kept {summary.kept}, removed {summary.removed} (filter rate {summary.rate:.0%}), "
+        f"no verdict {summary.failed}; removed pairs with verdicts: {summary.removed_file}",
+        highlight=False,
+    )
+    out.print(f"kept pairs written to {summary.output}", highlight=False)
 
 
 @app.command()

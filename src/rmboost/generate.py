@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,17 @@ from rmboost.data.pairs import FailureLog, PairWriter, sidecar, to_conversationa
 from rmboost.llm import LLM, Backend, SamplingParams
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import MethodContext, StepFailed
+from rmboost.methods.judge import Judge, JudgeOptions, make_judge
+from rmboost.methods.rlaif import rlaif_pair
+from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import assign_labels, rmboost_pair
+from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
 from rmboost.progress import JobProgress
 from rmboost.prompts import ASPECT_MODES
 from rmboost.tasks import TaskSpec, load_task
 
-METHODS = ("rmboost",)
+# Every method: (ctx, row, pre-assigned label) -> pair row, or StepFailed. Only RMBoost uses the label.
+METHODS = {"rmboost": rmboost_pair, "rlaif": rlaif_pair, "rlcd": rlcd_pair, "west-of-n": west_of_n_pair}
 
 
 def default_cache_path() -> Path:
@@ -67,6 +72,12 @@ class GenerateConfig:
     y1_from: str | None = None
     max_attempts: int = 3
     prefill: bool | None = None  # start answers inside <response>; None: on for llamacpp only
+    judge: JudgeOptions = field(default_factory=JudgeOptions)  # rlaif, west-of-n's judge scorer, --filter
+    n: int = 8  # west-of-n pool size
+    scorer: str = "judge"  # west-of-n: "judge" or "rm:PATH"
+    filter: bool = False  # keep a pair only if the judge agrees with its label in both orders
+    price_in: float | None = None  # per million input tokens, for the cost estimate
+    price_out: float | None = None
     show_progress: bool = True
 
 
@@ -83,7 +94,11 @@ class GenerateSummary:
     pairs_total: int  # pairs in the output now
     failures: dict[str, int]
     failures_by_step: dict[str, int]
+    filtered: int  # pairs the judge filter removed in this run
+    filter_rate: float | None  # removed / judged, in this run
     usage: dict[str, Any]
+    judge_usage: dict[str, Any]
+    cost_usd: dict[str, float] | None
     llm_calls: int
     cache_hits: int
     wall_seconds: float
@@ -135,10 +150,26 @@ def validate_rows(rows: list[dict[str, Any]], cfg: GenerateConfig, task: TaskSpe
             )
 
 
+def needs_judge(cfg: GenerateConfig) -> bool:
+    return cfg.method == "rlaif" or cfg.filter or (cfg.method == "west-of-n" and cfg.scorer == "judge")
+
+
+def estimate_cost(usages: list[dict[str, Any]], price_in: float | None, price_out: float | None) -> dict[str, float] | None:
+    """Dollars for the job's tokens: all of them (`total`) and those paid in this run (`this_run`)."""
+    if price_in is None and price_out is None:
+        return None
+    pin, pout = (price_in or 0.0) / 1e6, (price_out or 0.0) / 1e6
+    steps = [u for usage in usages for u in usage.values()]
+    paid = sum(u["tokens_in"] for u in steps) * pin + sum(u["tokens_out"] for u in steps) * pout
+    cached = sum(u["cached_tokens_in"] for u in steps) * pin + sum(u["cached_tokens_out"] for u in steps) * pout
+    return {"total": round(paid + cached, 6), "this_run": round(paid, 6)}
+
+
 async def run_generate(
-    cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None
+    cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None,
+    judge_backend: Backend | None = None,
 ) -> GenerateSummary:
-    """Run one generation job; `backend` overrides cfg.backend (tests, library use)."""
+    """Run one generation job; `backend`/`judge_backend` override the options (tests, library use)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
     if cfg.method not in METHODS:
@@ -158,60 +189,78 @@ async def run_generate(
     output = Path(cfg.output)
     writer = PairWriter(output)
     failures = FailureLog(sidecar(output, "failures"))
+    removed = FailureLog(sidecar(output, "filtered"))
+    finished = writer.done_ids | _ids_in(removed.path)  # a filtered pair is a finished decision
     resumed = len(writer.done_ids & {r["id"] for r in rows})
-    todo = [r for r in rows if r["id"] not in writer.done_ids]
+    todo = [r for r in rows if r["id"] not in finished]
 
     backend = backend or make_backend(cfg.backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
+    judge: Judge | None = None
+    if needs_judge(cfg):
+        judge_opts = cfg.judge if cfg.judge.backend is not None else replace(cfg.judge, backend=cfg.backend)
+        judge = make_judge(judge_opts, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend)
+    options: dict[str, Any] = {
+        "aspect_mode": cfg.aspect_mode,
+        "aspects_k": cfg.aspects_k,
+        "y1_from": cfg.y1_from,
+        "prefill": cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
+        "judge": judge,
+        "n": cfg.n,
+    }
+    if cfg.method == "west-of-n":
+        options["scorer"] = _make_scorer(cfg, task, judge)
     ctx = MethodContext(
         llm=llm,
         task=task,
         params=SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens),
         seed=cfg.seed,
         max_attempts=cfg.max_attempts,
-        options={
-            "aspect_mode": cfg.aspect_mode,
-            "aspects_k": cfg.aspects_k,
-            "y1_from": cfg.y1_from,
-            "prefill": cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
-        },
+        options=options,
     )
+    make_pair = METHODS[cfg.method]
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    written = 0
+    written = judged = 0
     progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress)
     try:
         if todo:
             await backend.check()
+            if judge is not None:
+                await judge.ctx.llm.backend.check()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for row in todo:
             queue.put_nowait(row)
 
+        async def one(row: dict[str, Any]) -> None:
+            nonlocal written, judged
+            try:
+                pair = await make_pair(ctx, row, labels[row["id"]])
+                if cfg.filter:
+                    assert judge is not None
+                    judged += 1
+                    verdict = await judge.compare(row, pair["chosen"], pair["rejected"], step="filter")
+                    if verdict.winner != "a":
+                        removed.write({**pair, "filter": verdict.as_record(), "run": run_stamp})
+                        progress.advance(failed_reason="filtered")
+                        return
+                    pair["filter"] = verdict.as_record()
+            except StepFailed as fail:
+                failures.write(
+                    {"id": row["id"], "method": cfg.method, "step": fail.step, "reason": fail.reason,
+                     "raw": fail.raw, "attempts": fail.attempts, "run": run_stamp}
+                )
+                failed_steps[fail.step] += 1
+                progress.advance(failed_reason=fail.reason)
+                return
+            writer.write(to_conversational(pair) if cfg.conversational else pair)
+            written += 1
+            progress.advance()
+
         async def worker() -> None:
-            nonlocal written
             while not queue.empty():
-                row = queue.get_nowait()
-                try:
-                    pair = await rmboost_pair(ctx, row, labels[row["id"]])
-                except StepFailed as fail:
-                    failures.write(
-                        {
-                            "id": row["id"],
-                            "method": cfg.method,
-                            "step": fail.step,
-                            "reason": fail.reason,
-                            "raw": fail.raw,
-                            "attempts": fail.attempts,
-                            "run": run_stamp,
-                        }
-                    )
-                    failed_steps[fail.step] += 1
-                    progress.advance(failed_reason=fail.reason)
-                    continue
-                writer.write(to_conversational(pair) if cfg.conversational else pair)
-                written += 1
-                progress.advance()
+                await one(queue.get_nowait())
 
         with progress:
             workers = [asyncio.create_task(worker()) for _ in range(max(1, cfg.concurrency))]
@@ -226,11 +275,16 @@ async def run_generate(
     finally:
         writer.close()
         failures.close()
+        removed.close()
         await backend.aclose()
+        if judge is not None:
+            await judge.ctx.llm.backend.aclose()
         if cache is not None:
             cache.close()
 
     usage = llm.usage
+    judge_usage = judge.ctx.llm.usage.as_dict() if judge is not None else {}
+    filtered = progress.failures.pop("filtered", 0)
     summary = GenerateSummary(
         output=str(output),
         failures_file=str(failures.path),
@@ -243,11 +297,34 @@ async def run_generate(
         pairs_total=len(writer.rows),
         failures=dict(progress.failures),
         failures_by_step=dict(failed_steps),
+        filtered=filtered,
+        filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
-        llm_calls=usage.total("calls"),
-        cache_hits=usage.total("cache_hits"),
+        judge_usage=judge_usage,
+        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out),
+        llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
+        cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
+
+
+def _ids_in(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    from rmboost.data.pairs import read_jsonl_tolerant
+
+    return {r["id"] for r in read_jsonl_tolerant(path)[0]}
+
+
+def _make_scorer(cfg: GenerateConfig, task: TaskSpec, judge: Judge | None) -> Any:
+    if cfg.scorer == "judge":
+        assert judge is not None
+        return judge_scorer(judge)
+    if cfg.scorer.startswith("rm:"):
+        from rmboost.rm.score import RewardScorer
+
+        return rm_scorer(RewardScorer(cfg.scorer[3:]), task)
+    raise ValueError(f"unknown scorer {cfg.scorer!r} (use judge or rm:PATH)")

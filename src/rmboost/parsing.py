@@ -77,3 +77,13 @@ def _clean(body: str) -> str:
 def normalize_for_compare(text: str) -> str:
     """Lower-cased, whitespace-folded text: two responses equal under this are the same response."""
     return " ".join(text.lower().split())
+
+
+_REFUSAL = re.compile(
+    r"\b(i can(?:not|'t)|i am unable|i'm unable|i won't|as an ai|i'm sorry, but)\b", re.IGNORECASE
+)
+
+
+def looks_like_refusal(text: str) -> bool:
+    """An untagged answer that declines the task ("I can't help with that")."""
+    return bool(_REFUSAL.search(text[:300]))

@@ -111,3 +111,24 @@ def rewrite_messages(
         targets=list(targets),
         y1=y1.strip(),
     )
+
+
+def contrast_messages(
+    task: TaskSpec, row: dict[str, Any], polarity: Literal["positive", "negative"]
+) -> list[Message]:
+    """RLCD's contrasting instructions: a good response, or a bad one."""
+    return _render("contrast.j2", **_context(task, row, "model-selects"), polarity=polarity)
+
+
+def judge_messages(
+    task: TaskSpec, row: dict[str, Any], first: str, second: str, mode: str = "text"
+) -> list[Message]:
+    """RLAIF's side-by-side comparison of two responses."""
+    return _render(
+        "judge.j2", **_context(task, row, "model-selects"), first=first.strip(), second=second.strip(), mode=mode
+    )
+
+
+def rating_messages(task: TaskSpec, row: dict[str, Any], candidate: str) -> list[Message]:
+    """A 1-10 rating of one response (West-of-N's LLM scorer)."""
+    return _render("rating.j2", **_context(task, row, "model-selects"), candidate=candidate.strip())

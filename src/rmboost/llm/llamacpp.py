@@ -160,8 +160,8 @@ def _logprobs_as_chat(lp: dict[str, Any] | None) -> list[dict[str, Any]] | None:
     return [
         {
             "token": token,
-            "logprob": logprob,
-            "top_logprobs": [{"token": t, "logprob": v} for t, v in (top or {}).items()],
+            "logprob": float(logprob),  # numpy floats would not survive JSON (cache, outputs)
+            "top_logprobs": [{"token": t, "logprob": float(v)} for t, v in (top or {}).items()],
         }
         for token, logprob, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=False)
     ]

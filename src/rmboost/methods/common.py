@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rmboost.llm import LLM, Completion, FatalLLMError, LLMError, Message, SamplingParams
-from rmboost.parsing import ParseError, extract_tag, normalize_for_compare
+from rmboost.parsing import ParseError, extract_tag, looks_like_refusal, normalize_for_compare
+from rmboost.prompts import format_value
 from rmboost.tasks import TaskSpec
 
 
@@ -60,11 +61,15 @@ async def sample_tagged(
     tag: str = "response",
     validate: Validator | None = None,
     stop_at_close: bool = True,
+    seed_name: str | None = None,
+    max_tokens: int | None = None,
 ) -> StepResult:
     """Sample until the answer parses and validates, at most `ctx.max_attempts` fresh samples.
 
     Each attempt has its own seed and sample index, so it is cached on its own: a re-run replays
-    the same attempts from the cache. A backend error (not a bad answer) is not resampled.
+    the same attempts from the cache. A backend error (not a bad answer) is not resampled, and
+    neither is a greedy (temperature 0) request, which would only repeat itself.
+    `seed_name` (default: `step`) separates samples that share a step, e.g. West-of-N's N draws.
     """
     completions: list[Completion] = []
     attempts: list[dict[str, Any]] = []
@@ -72,8 +77,12 @@ async def sample_tagged(
         # Start the answer inside the tag: small models rarely emit the tag on their own.
         messages = [*messages, {"role": "assistant", "content": f"<{tag}>"}]
     stop = (f"</{tag}>",) if stop_at_close else ()
-    for attempt in range(ctx.max_attempts):
-        params = replace(ctx.params, seed=derive_seed(ctx.seed, row_id, step, attempt), stop=stop)
+    tries = 1 if ctx.params.temperature == 0 else ctx.max_attempts
+    name = seed_name or step
+    for attempt in range(tries):
+        params = replace(ctx.params, seed=derive_seed(ctx.seed, row_id, name, attempt), stop=stop)
+        if max_tokens is not None:
+            params = replace(params, max_tokens=max_tokens)
         try:
             completion = await ctx.llm.complete(messages, params, step=step, sample_index=attempt)
         except FatalLLMError:
@@ -85,11 +94,14 @@ async def sample_tagged(
         completions.append(completion)
         try:
             text = extract_tag(completion.text, tag)
-            reject_echo(ctx.task, text)
+            if tag == "response":
+                reject_echo(ctx.task, text)
             if validate is not None:
                 validate(text)
         except ParseError as exc:
             reason = exc.reason
+            if reason == "no_tag" and looks_like_refusal(completion.text):
+                reason = "refusal"
             if completion.finish_reason == "length" and reason in ("no_tag", "empty"):
                 reason = f"{reason}_truncated"
             attempts.append(
@@ -114,3 +126,41 @@ def reject_echo(task: TaskSpec, text: str) -> None:
         probe = normalize_for_compare(sentence)[:80]
         if len(probe) >= 40 and probe in folded:
             raise ParseError("echoes_instruction", "the answer repeats the instruction")
+
+
+def pair_row(
+    ctx: MethodContext,
+    row: dict[str, Any],
+    *,
+    method: str,
+    chosen: str,
+    rejected: str,
+    y1: str,
+    y2: str,
+    label: str,
+    completions: list[Completion],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The one pair schema every method writes: TRL's columns first, then provenance."""
+    task = ctx.task
+    inputs = {f.name: format_value(row.get(f.name)) for f in task.inputs}
+    if task.reference_field and format_value(row.get(task.reference_field)):
+        inputs[task.reference_field] = format_value(row.get(task.reference_field))
+    return {
+        "id": row["id"],
+        "prompt": task.render_prompt(row),
+        "chosen": chosen,
+        "rejected": rejected,
+        "method": method,
+        "task": task.name,
+        "label": label,
+        **extra,
+        "y1": y1,
+        "y2": y2,
+        "model": ctx.llm.backend.model,
+        "seed": ctx.seed,
+        "tokens_in": sum(c.tokens_in for c in completions),
+        "tokens_out": sum(c.tokens_out for c in completions),
+        "request_ids": [c.request_id for c in completions],
+        "inputs": inputs,
+    }

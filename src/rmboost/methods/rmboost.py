@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rmboost.methods.common import MethodContext, StepFailed, derive_seed, sample_tagged
+from rmboost.methods.common import MethodContext, StepFailed, derive_seed, pair_row, sample_tagged
 from rmboost.parsing import ParseError, extract_list, normalize_for_compare
 from rmboost.prompts import Label, first_response_messages, format_value, rewrite_messages
 from rmboost.tasks import Aspect, TaskSpec
@@ -92,23 +92,17 @@ async def rmboost_pair(ctx: MethodContext, row: dict[str, Any], label: Label) ->
     else:
         aspects = []
     chosen, rejected = (y2, y1) if label == "better" else (y1, y2)
-    return {
-        "id": row_id,
-        "prompt": task.render_prompt(row),
-        "chosen": chosen,
-        "rejected": rejected,
-        "method": "rmboost",
-        "task": task.name,
-        "label": label,
-        "aspect_mode": mode,
-        "aspects": aspects,
-        "y1": y1,
-        "y2": y2,
-        "y1_source": f"field:{y1_from}" if y1_from else "model",
-        "model": ctx.llm.backend.model,
-        "seed": ctx.seed,
-        "tokens_in": sum(c.tokens_in for c in completions),
-        "tokens_out": sum(c.tokens_out for c in completions),
-        "request_ids": [c.request_id for c in completions],
-        "inputs": {f.name: format_value(row.get(f.name)) for f in task.inputs},
-    }
+    return pair_row(
+        ctx,
+        row,
+        method="rmboost",
+        chosen=chosen,
+        rejected=rejected,
+        y1=y1,
+        y2=y2,
+        label=label,
+        completions=completions,
+        aspect_mode=mode,
+        aspects=aspects,
+        y1_source=f"field:{y1_from}" if y1_from else "model",
+    )

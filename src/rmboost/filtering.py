@@ -1,0 +1,102 @@
+"""`rmboost filter`: keep a pair only when the judge, in both orders, agrees with its label
+(the paper's optional quality check, Appendix B). Removed pairs go to a side file with verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rmboost.data.inputs import InputError
+from rmboost.data.pairs import atomic_write_jsonl, read_pairs, sidecar
+from rmboost.llm.cache import RequestCache
+from rmboost.methods.common import StepFailed
+from rmboost.methods.judge import JudgeOptions, make_judge
+from rmboost.tasks import load_task
+
+
+@dataclass
+class FilterSummary:
+    kept: int
+    removed: int
+    failed: int  # the judge gave no usable verdict; kept out of both files' counts, listed in removed
+    output: str
+    removed_file: str
+    judge_usage: dict[str, Any]
+
+    @property
+    def rate(self) -> float:
+        judged = self.kept + self.removed
+        return self.removed / judged if judged else 0.0
+
+
+def _judge_row(pair: dict[str, Any], index: int, source: str) -> dict[str, Any]:
+    inputs = pair.get("inputs")
+    if not isinstance(inputs, dict) or not inputs:
+        raise InputError(
+            f"{source}, row {index} (id {pair.get('id')}): no 'inputs' column, which the judge needs to "
+            "see the task's inputs (pairs from rmboost generate and the QA-Feedback loader have it)"
+        )
+    return {"id": str(pair.get("id", f"row-{index}")), **inputs}
+
+
+async def run_filter(
+    pairs_path: str | Path,
+    output: str | Path,
+    task_name: str,
+    judge_opts: JudgeOptions,
+    *,
+    seed: int = 0,
+    cache_path: Path | None = None,
+    concurrency: int = 1,
+    judge_backend: Any = None,
+) -> FilterSummary:
+    pairs = read_pairs(pairs_path)
+    rows = [_judge_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
+    task = load_task(task_name)
+    cache = RequestCache(cache_path) if cache_path else None
+    judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    kept: list[dict[str, Any]] = []
+    removed: list[dict[str, Any]] = []
+    failed = 0
+
+    async def one(pair: dict[str, Any], row: dict[str, Any]) -> None:
+        nonlocal failed
+        async with semaphore:
+            try:
+                verdict = await judge.compare(row, _text(pair["chosen"]), _text(pair["rejected"]), step="filter")
+            except StepFailed as fail:
+                failed += 1
+                removed.append({**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}})
+                return
+        record = {**pair, "filter": verdict.as_record()}
+        (kept if verdict.winner == "a" else removed).append(record)
+
+    try:
+        await judge.ctx.llm.backend.check()
+        await asyncio.gather(*(one(p, r) for p, r in zip(pairs, rows, strict=True)))
+    finally:
+        await judge.ctx.llm.backend.aclose()
+        if cache is not None:
+            cache.close()
+    order = {p.get("id"): i for i, p in enumerate(pairs)}
+    kept.sort(key=lambda r: order.get(r.get("id"), 0))
+    removed.sort(key=lambda r: order.get(r.get("id"), 0))
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(out, kept)
+    removed_path = sidecar(out, "filtered")
+    atomic_write_jsonl(removed_path, removed)
+    return FilterSummary(
+        kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
+        removed_file=str(removed_path), judge_usage=judge.ctx.llm.usage.as_dict(),
+    )
+
+
+def _text(value: Any) -> str:
+    """A response as text, from a plain string or a conversational message list."""
+    if isinstance(value, list):
+        return "\n".join(m.get("content", "") for m in value if m.get("role") == "assistant")
+    return str(value)
