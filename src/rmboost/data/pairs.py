@@ -147,18 +147,21 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
 
 
 class FailureLog:
-    """Append-only failures.jsonl: one row per request that produced no usable answer."""
+    """Append-only side file (failures, filtered pairs); created only when there is a row."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh: Any = None
         self.count = 0
 
     def write(self, row: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         self._fh.flush()
         self.count += 1
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()

@@ -123,6 +123,8 @@ class LlamaCppBackend:
                 )
             template_stop = rendered.stop or []
             stop = [template_stop] if isinstance(template_stop, str) else list(template_stop)
+            if params.logprobs and not self.logits_all and params.max_tokens == 1:
+                return self._next_token_logprobs(llama, tokens, prefill, params.logprobs)
             kwargs: dict[str, Any] = {
                 "temperature": params.temperature,
                 "top_p": params.top_p,
@@ -144,6 +146,40 @@ class LlamaCppBackend:
             model=self.model,
             finish_reason=choice.get("finish_reason"),
             logprobs=_logprobs_as_chat(choice.get("logprobs")) if params.logprobs else None,
+        )
+
+    def _next_token_logprobs(self, llama: Any, tokens: list[int], prefill: str, k: int) -> Completion:
+        """Top-k log-probabilities of the next token, greedy, without keeping every position's logits.
+
+        This is all a judge needs (P("first") vs P("second"), or a 1-10 score); llama.cpp's own
+        log-prob path would need logits_all, i.e. a vocabulary-sized row for every prompt token.
+        The prompt prefix already in the KV cache is reused, as llama.cpp's generate does.
+        """
+        import numpy as np
+
+        cached = llama.input_ids[: llama.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            keep += 1
+        llama.n_tokens = min(keep, len(tokens) - 1)  # eval() drops the KV cache beyond this
+        llama.eval(tokens[llama.n_tokens :])
+        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
+        logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        top = np.argsort(-logprobs)[:k]
+
+        def text(token_id: int) -> str:
+            return llama.detokenize([int(token_id)]).decode("utf-8", errors="ignore")
+
+        entries = [{"token": text(t), "logprob": float(logprobs[t])} for t in top]
+        return Completion(
+            text=prefill + entries[0]["token"],
+            tokens_in=len(tokens),
+            tokens_out=1,
+            model=self.model,
+            finish_reason="length",
+            logprobs=[{**entries[0], "top_logprobs": entries}],
         )
 
     async def aclose(self) -> None:

@@ -36,9 +36,12 @@ def parse_decision(text: str) -> Decision:
     key = " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
     if key in _WORDS:
         return _WORDS[key]
-    first_word = key.split(" ", 1)[0] if key else ""
-    if first_word in _WORDS and len(first_word) > 1:  # "first. Because ..." (an unclosed tag)
-        return _WORDS[first_word]
+    words = key.split()
+    # "first. Because ..." (an unclosed tag) counts; "first or second" (the options echoed) does not.
+    if words and len(words[0]) > 1 and words[0] in _WORDS:
+        if len(words) > 1 and (words[1] == "or" or words[1] in _WORDS):
+            raise ParseError("bad_decision", f"the options were echoed: {text[:80]!r}")
+        return _WORDS[words[0]]
     hits = {d for word, d in _WORDS.items() if len(word) > 2 and re.search(rf"\b{word}\b", key)}
     if len(hits) == 1:
         return hits.pop()
@@ -273,14 +276,14 @@ class JudgeOptions:
 def make_judge(
     opts: JudgeOptions, task: Any, seed: int, cache: Any, concurrency: int = 1, backend: Any = None
 ) -> Judge:
-    """A Judge with its own backend (llama.cpp needs logits kept for the logprobs mode)."""
+    """A Judge with its own backend instance (and its own concurrency limit)."""
     from rmboost.backends import make_backend
     from rmboost.llm import LLM, SamplingParams
 
     if opts.mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {opts.mode!r} (use {', '.join(JUDGE_MODES)})")
     if backend is None:
-        backend = make_backend(replace(opts.backend, logits_all=opts.mode == "logprobs"))
+        backend = make_backend(opts.backend)
     ctx = MethodContext(
         llm=LLM(backend, cache, max_concurrency=concurrency),
         task=task,
