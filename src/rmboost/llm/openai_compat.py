@@ -76,8 +76,7 @@ class OpenAIBackend:
         return f"the endpoint {self.base_url} rejected the API key ({source})"
 
     async def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
-        if self._rpm:
-            await self._rpm.acquire(1)
+        # Tokens are budgeted once per request (a 429 is not billed); requests per attempt below.
         if self._tpm:
             estimate = sum(len(m["content"]) for m in messages) / 4 + params.max_tokens
             await self._tpm.acquire(estimate)
@@ -101,6 +100,8 @@ class OpenAIBackend:
             kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         attempt = 0
         while True:
+            if self._rpm:
+                await self._rpm.acquire(1)  # a retry is a request too: the server counts it
             try:
                 response = await self._client.chat.completions.create(**kwargs)
                 return self._to_completion(response, params, prefill)
@@ -108,12 +109,15 @@ class OpenAIBackend:
                 raise FatalLLMError(self._auth_message()) from exc
             except openai.NotFoundError as exc:
                 raise FatalLLMError(
-                    f"the endpoint {self.base_url} has no model {self.model!r} (HTTP 404)"
+                    f"HTTP 404 from {self.base_url}: it serves no model {self.model!r}, or the URL "
+                    "is not the API root (most servers want it to end in /v1)"
                 ) from exc
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
                 # APITimeoutError is a subclass of APIConnectionError.
                 if attempt >= self.max_retries:
-                    if isinstance(exc, openai.APIConnectionError):
+                    # A refused or dropped connection means the endpoint is gone: stop the job
+                    # (finished pairs are kept). A slow answer is this request's failure only.
+                    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
                         raise FatalLLMError(
                             f"lost the endpoint {self.base_url} after {attempt + 1} tries ({type(exc).__name__})"
                         ) from exc
