@@ -75,3 +75,23 @@ def test_filter_real_pairs_with_the_real_judge(tmp_path: Path):
         assert row["filter"]["winner"] == "a" and row["filter"]["p_a"] > 0.5
     for row in removed:
         assert row["filter"]["winner"] != "a"
+
+
+def test_west_of_n_with_a_trained_reward_model(tmp_path: Path):
+    """The RM scorer: a checkpoint from train-rm (a few real steps on real pairs) ranks the pool."""
+    import json
+
+    from rmboost.rm.score import RewardScorer
+    from rmboost.rm.train import TrainRMConfig, train_rm
+
+    human = tmp_path / "human.jsonl"
+    human.write_text("".join(json.dumps(p) + "\n" for p in qa_feedback.load_human_pairs(QA_FEEDBACK)[:16]))
+    train_rm(TrainRMConfig(train=[str(human)], output=tmp_path / "rm", prompt_field="inputs.question",
+                           max_length=64, batch_size=8, max_steps=2, logging_steps=1))
+    summary, pairs = generate(tmp_path, "west-of-n", n_prompts=1, n=3, scorer=f"rm:{tmp_path / 'rm'}")
+    assert summary.judge_usage == {}  # the RM costs no LLM tokens
+    scorer = RewardScorer(tmp_path / "rm")
+    for p in pairs:
+        question = p["inputs"]["question"]
+        assert p["chosen_score"] == pytest.approx(scorer.score([question], [p["chosen"]])[0], abs=1e-4)
+        assert p["chosen_score"] == max(p["scores"]) > p["rejected_score"] == min(p["scores"])

@@ -55,6 +55,11 @@ def read_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in read_jsonl_numbered(path)]
+
+
+def read_jsonl_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every non-blank line; a bad line is an InputError naming it."""
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -66,7 +71,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise InputError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise InputError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append((lineno, row))
     return rows
 
 

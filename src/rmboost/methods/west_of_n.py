@@ -33,7 +33,8 @@ def rm_scorer(scorer: Any, task: Any) -> ResponseScorer:
     """A trained reward model (rmboost.rm.score.RewardScorer) as the scorer; costs no LLM tokens."""
 
     async def score(row: dict[str, Any], responses: list[str]) -> tuple[list[float], list[Any]]:
-        prompt = task.render_prompt(row)
+        # The prompt as the model was trained on it (rendered task prompt, a field, or none).
+        prompt = scorer.prompt_for(row, default=task.render_prompt(row))
         return list(scorer.score([prompt] * len(responses), responses)), []
 
     return score
