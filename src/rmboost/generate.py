@@ -21,7 +21,13 @@ from rich.console import Console
 from rmboost.backends import BackendOptions, make_backend
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import InputError, apply_field_map, read_rows
-from rmboost.data.pairs import FailureLog, PairWriter, sidecar, to_conversational
+from rmboost.data.pairs import (
+    FailureLog,
+    PairWriter,
+    read_jsonl_tolerant,
+    sidecar,
+    to_conversational,
+)
 from rmboost.llm import LLM, Backend, SamplingParams
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import MethodContext, StepFailed
@@ -314,8 +320,6 @@ async def run_generate(
 def _ids_in(path: Path) -> set[str]:
     if not path.exists():
         return set()
-    from rmboost.data.pairs import read_jsonl_tolerant
-
     return {r["id"] for r in read_jsonl_tolerant(path)[0]}
 
 

@@ -155,14 +155,7 @@ class Judge:
     async def _logprob_verdict(
         self, row: dict[str, Any], messages: list[dict[str, str]], step: str, order: str
     ) -> tuple[Verdict, list[Any]]:
-        ctx = self.ctx
-        if ctx.options.get("prefill"):
-            messages = [*messages, {"role": "assistant", "content": "<decision>"}]
-        params = replace(
-            ctx.params, max_tokens=1, logprobs=20, temperature=0.0,
-            seed=derive_seed(ctx.seed, row["id"], step, order),
-        )
-        completion = await ctx.llm.complete(messages, params, step=step)
+        completion = await self._next_token(row, messages, "decision", step, order)
         p_first = p_first_from_logprobs(completion.logprobs)
         if p_first is None:
             raise StepFailed(
@@ -172,6 +165,20 @@ class Judge:
             )
         decision: Decision = "first" if p_first > 0.5 else "second" if p_first < 0.5 else "same"
         return Verdict(decision, p_first=p_first, request_id=completion.request_id), [completion]
+
+    async def _next_token(
+        self, row: dict[str, Any], messages: list[dict[str, str]], tag: str, step: str,
+        seed_part: str | int, sample_index: int = 0,
+    ) -> Any:
+        """One greedy token with its top-20 log-probabilities, the answer started inside `<tag>`."""
+        ctx = self.ctx
+        if ctx.options.get("prefill"):
+            messages = [*messages, {"role": "assistant", "content": f"<{tag}>"}]
+        params = replace(
+            ctx.params, max_tokens=1, logprobs=20, temperature=0.0,
+            seed=derive_seed(ctx.seed, row["id"], step, seed_part),
+        )
+        return await ctx.llm.complete(messages, params, step=step, sample_index=sample_index)
 
     async def rate(
         self, row: dict[str, Any], candidate: str, *, index: int, step: str = "score"
@@ -188,15 +195,8 @@ class Judge:
     async def _logprob_score(
         self, row: dict[str, Any], candidate: str, index: int, step: str
     ) -> tuple[float, list[Any]]:
-        ctx = self.ctx
-        messages = rating_messages(ctx.task, row, candidate)
-        if ctx.options.get("prefill"):
-            messages = [*messages, {"role": "assistant", "content": "<score>"}]
-        params = replace(
-            ctx.params, max_tokens=1, logprobs=20, temperature=0.0,
-            seed=derive_seed(ctx.seed, row["id"], step, index),
-        )
-        completion = await ctx.llm.complete(messages, params, step=step, sample_index=index)
+        messages = rating_messages(self.ctx.task, row, candidate)
+        completion = await self._next_token(row, messages, "score", step, index, sample_index=index)
         score = expected_score_from_logprobs(completion.logprobs)
         if score is None:
             raise StepFailed(
