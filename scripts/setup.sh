@@ -8,6 +8,15 @@ VENV=${VENV:-.venv}
 # A GPU user keeps the torch they have; otherwise this pins the release this project is tested on.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
+# The report's end-to-end test drives Debian's Chromium (headless, no network). Skip with NO_BROWSER=1.
+if [ -z "${NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+  else
+    echo "note: install Chromium (Debian: apt-get install chromium) for the report's browser test" >&2
+  fi
+fi
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"

@@ -70,3 +70,10 @@ def test_normalize_for_compare():
 def test_unclosed_block_ends_at_the_next_tag_block():
     assert extract_tag("<response>new text<aspects>completeness</aspects>", "response") == "new text"
     assert extract_list("<response>new text<aspects>completeness</aspects>", "aspects") == ["completeness"]
+
+
+def test_closing_tag_without_its_bracket_still_closes():
+    # Seen from the embedded model: "</response" at the end of the answer or before a line break.
+    assert extract_tag("<response>the answer </response", "response") == "the answer"
+    assert extract_tag("<response>the answer </response\n<aspects>x</aspects>", "response") == "the answer"
+    assert extract_tag("<response>keeps </responses> inside</response>", "response") == "keeps </responses> inside"

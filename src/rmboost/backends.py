@@ -18,6 +18,7 @@ class BackendOptions:
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     n_ctx: int = 8192
+    threads: int | None = None  # llamacpp: CPU threads (None: all cores; 1 is faster on a busy machine)
     logits_all: bool = False
 
 
@@ -25,7 +26,7 @@ def make_backend(opts: BackendOptions) -> Backend:
     if opts.backend == "llamacpp":
         from rmboost.llm.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(opts.model, n_ctx=opts.n_ctx, logits_all=opts.logits_all)
+        return LlamaCppBackend(opts.model, n_ctx=opts.n_ctx, n_threads=opts.threads, logits_all=opts.logits_all)
     if opts.backend == "openai":
         from rmboost.llm.openai_compat import OpenAIBackend
 

@@ -37,7 +37,7 @@ from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import assign_labels, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
 from rmboost.progress import JobProgress
-from rmboost.prompts import ASPECT_MODES
+from rmboost.prompts import ASPECT_MODES, Label
 from rmboost.tasks import TaskSpec, load_task
 
 # Every method: (ctx, row, pre-assigned label) -> pair row, or StepFailed. Only RMBoost uses the label.
@@ -76,6 +76,7 @@ class GenerateConfig:
     aspect_mode: str = "model-selects"
     aspects_k: int = 2
     y1_from: str | None = None
+    labels: str = "balanced"  # rmboost: "balanced", or every y2 "worse" / "better" than y1
     max_attempts: int = 3
     prefill: bool | None = None  # start answers inside <response>; None: on for llamacpp only
     judge: JudgeOptions = field(default_factory=JudgeOptions)  # rlaif, west-of-n's judge scorer, --filter
@@ -156,6 +157,15 @@ def validate_rows(rows: list[dict[str, Any]], cfg: GenerateConfig, task: TaskSpe
             )
 
 
+def fixed_labels(ids: list[str], mode: str, seed: int) -> dict[str, Label]:
+    """The labels, fixed before any call: balanced and seeded, or one label for every row."""
+    if mode == "balanced":
+        return assign_labels(ids, seed)
+    if mode in ("better", "worse"):
+        return dict.fromkeys(ids, mode)
+    raise ValueError(f"unknown label mode {mode!r} (use balanced, worse or better)")
+
+
 def needs_judge(cfg: GenerateConfig) -> bool:
     return cfg.method == "rlaif" or cfg.filter or (cfg.method == "west-of-n" and cfg.scorer == "judge")
 
@@ -187,7 +197,7 @@ async def run_generate(
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     validate_rows(rows, cfg, task)
-    labels = assign_labels([r["id"] for r in rows], cfg.seed)
+    labels = fixed_labels([r["id"] for r in rows], cfg.labels, cfg.seed)
     if cfg.shard:
         k, n = cfg.shard
         rows = [r for i, r in enumerate(rows) if i % n == k - 1]

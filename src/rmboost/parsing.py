@@ -34,7 +34,8 @@ def extract_tag(text: str, tag: str, *, required: bool = True) -> str | None:
     if not text or not text.strip():
         raise ParseError("empty", "the model returned no text")
     open_re = re.compile(rf"<\s*{re.escape(tag)}\s*>", re.IGNORECASE)
-    close_re = re.compile(rf"<\s*/\s*{re.escape(tag)}\s*>", re.IGNORECASE)
+    # A closing tag the model left without its '>' (at the end, or before a line break) still closes.
+    close_re = re.compile(rf"<\s*/\s*{re.escape(tag)}\s*(?:>|$|(?=\n))", re.IGNORECASE)
     opens = list(open_re.finditer(text))
     if not opens:
         if required:

@@ -104,25 +104,14 @@ class LlamaCppBackend:
         return await asyncio.to_thread(self._complete_sync, messages, params)
 
     def _complete_sync(self, messages: list[Message], params: SamplingParams) -> Completion:
-        # The model's own chat template renders the prompt; a final assistant message is
-        # appended verbatim after the generation prompt so that the model continues it.
-        prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-        chat = messages[:-1] if prefill else messages
         with self._lock:
             llama = self._load()
-            rendered = self._formatter(messages=chat)
-            tokens = llama.tokenize(
-                (rendered.prompt + prefill).encode("utf-8"),
-                add_bos=not rendered.added_special,
-                special=True,
-            )
+            tokens, prefill, stop = self._prompt_tokens(llama, messages)
             room = self.n_ctx - len(tokens)
             if room <= 0:
                 raise LLMError(
                     f"context_overflow: the prompt has {len(tokens)} tokens, the context window {self.n_ctx}"
                 )
-            template_stop = rendered.stop or []
-            stop = [template_stop] if isinstance(template_stop, str) else list(template_stop)
             if params.logprobs and not self.logits_all and params.max_tokens == 1:
                 return self._next_token_logprobs(llama, tokens, prefill, params.logprobs)
             kwargs: dict[str, Any] = {
@@ -148,15 +137,23 @@ class LlamaCppBackend:
             logprobs=_logprobs_as_chat(choice.get("logprobs")) if params.logprobs else None,
         )
 
-    def _next_token_logprobs(self, llama: Any, tokens: list[int], prefill: str, k: int) -> Completion:
-        """Top-k log-probabilities of the next token, greedy, without keeping every position's logits.
+    def _prompt_tokens(self, llama: Any, messages: list[Message]) -> tuple[list[int], str, list[str]]:
+        """Prompt tokens, prefill and stop strings.
 
-        This is all a judge needs (P("first") vs P("second"), or a 1-10 score); llama.cpp's own
-        log-prob path would need logits_all, i.e. a vocabulary-sized row for every prompt token.
-        The prompt prefix already in the KV cache is reused, as llama.cpp's generate does.
+        The model's own chat template renders the prompt; a final assistant message is appended
+        verbatim after the generation prompt so that the model continues it.
         """
-        import numpy as np
+        prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        rendered = self._formatter(messages=messages[:-1] if prefill else messages)
+        tokens = llama.tokenize(
+            (rendered.prompt + prefill).encode("utf-8"), add_bos=not rendered.added_special, special=True
+        )
+        template_stop = rendered.stop or []
+        stop = [template_stop] if isinstance(template_stop, str) else list(template_stop)
+        return tokens, prefill, stop
 
+    def _eval_reusing_prefix(self, llama: Any, tokens: list[int]) -> None:
+        """Evaluate `tokens`, keeping the prefix already in the KV cache (as llama.cpp's generate does)."""
         cached = llama.input_ids[: llama.n_tokens].tolist()
         keep = 0
         for a, b in zip(cached, tokens, strict=False):
@@ -165,8 +162,27 @@ class LlamaCppBackend:
             keep += 1
         llama.n_tokens = min(keep, len(tokens) - 1)  # eval() drops the KV cache beyond this
         llama.eval(tokens[llama.n_tokens :])
-        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
-        logprobs = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+
+    def _last_logprobs(self, llama: Any) -> Any:
+        """Log-softmax over the vocabulary at the last evaluated position."""
+        import numpy as np
+
+        if self.logits_all:  # llama.cpp copies every position's row into `scores`
+            logits = np.asarray(llama.scores[llama.n_tokens - 1], dtype=np.float64)
+        else:  # only the last position of the last batch was computed
+            logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),)).astype(np.float64)
+        return logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+
+    def _next_token_logprobs(self, llama: Any, tokens: list[int], prefill: str, k: int) -> Completion:
+        """Top-k log-probabilities of the next token, greedy, without keeping every position's logits.
+
+        This is all a judge needs (P("first") vs P("second"), or a 1-10 score); llama.cpp's own
+        log-prob path would need logits_all, i.e. a vocabulary-sized row for every prompt token.
+        """
+        import numpy as np
+
+        self._eval_reusing_prefix(llama, tokens)
+        logprobs = self._last_logprobs(llama)
         top = np.argsort(-logprobs)[:k]
 
         def text(token_id: int) -> str:
@@ -181,6 +197,34 @@ class LlamaCppBackend:
             finish_reason="length",
             logprobs=[{**entries[0], "top_logprobs": entries}],
         )
+
+    async def continuation_logprob(self, messages: list[Message], continuation: str) -> tuple[float, int]:
+        """log Pr(continuation | messages) summed over its tokens, and the token count.
+
+        Used for the re-weighting factor of the RMBoost paper (Eq. 12): the same response scored
+        under two prompts. Teacher-forced one token at a time, so no logits_all is needed.
+        """
+        return await asyncio.to_thread(self._continuation_sync, messages, continuation)
+
+    def _continuation_sync(self, messages: list[Message], continuation: str) -> tuple[float, int]:
+        with self._lock:
+            llama = self._load()
+            tokens, _, _ = self._prompt_tokens(llama, messages)
+            follow = llama.tokenize(continuation.encode("utf-8"), add_bos=False, special=False)
+            if not follow:
+                return 0.0, 0
+            if len(tokens) + len(follow) > self.n_ctx:
+                raise LLMError(
+                    f"context_overflow: prompt and continuation have {len(tokens) + len(follow)} tokens, "
+                    f"the context window {self.n_ctx}"
+                )
+            self._eval_reusing_prefix(llama, tokens)
+            total = 0.0
+            for i, token in enumerate(follow):
+                total += float(self._last_logprobs(llama)[token])
+                if i + 1 < len(follow):
+                    llama.eval([token])
+            return total, len(follow)
 
     async def aclose(self) -> None:
         with self._lock:

@@ -29,7 +29,7 @@ def longer_wins(pairs: Sequence[Pair]) -> np.ndarray:
     return outcomes([len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs])
 
 
-def _units(pairs: Sequence[Pair]) -> tuple[np.ndarray, int, str]:
+def resampling_units(pairs: Sequence[Pair]) -> tuple[np.ndarray, int, str]:
     """Index of each pair's resampling unit, the number of units, and the unit's name."""
     if pairs and all(p.group is not None for p in pairs):
         names: dict[str, int] = {}
@@ -69,7 +69,7 @@ def evaluate_scores(
         raise ValueError("no pairs to evaluate")
     rm = outcomes(chosen, rejected)
     length = longer_wins(pairs)
-    unit, n_units, unit_name = _units(pairs)
+    unit, n_units, unit_name = resampling_units(pairs)
     margins = np.asarray(chosen, dtype=float) - np.asarray(rejected, dtype=float)
     metrics: dict[str, Any] = {
         "n": n,

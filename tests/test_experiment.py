@@ -1,0 +1,331 @@
+"""`rmboost experiment`: the config, the results table, and the whole grid on the embedded models.
+
+The end-to-end test runs every method and ablation on a tiny slice of QA-Feedback (two prompts
+with shortened passages, a few training steps), kills the run with SIGKILL in the middle of the
+generation, resumes it, and checks that nothing was lost or asked twice, that an uninterrupted
+run over the same LLM answers gives the same pairs and results, and that the report renders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import QA_FEEDBACK, read_jsonl
+
+from rmboost.data import qa_feedback
+from rmboost.data.pairs import atomic_write_jsonl
+from rmboost.experiment import (
+    ConfigError,
+    cells,
+    format_table,
+    load_config,
+    summarize_table,
+    train_specs,
+    variants,
+)
+from rmboost.generate import fixed_labels
+from rmboost.rm.evaluate import bootstrap_ci
+
+RMBOOST = [sys.executable, "-m", "rmboost.cli"]
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    base: dict[str, Any] = {"name": "t", "task": "qa_feedback", "data": {"prompts": "p.jsonl", "test": "t.jsonl",
+                                                                         "real_train": "r.jsonl"}}
+    base.update(sections)
+    path.write_text(yaml.safe_dump(base), "utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The config file
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"rm": {"epoch": 2}}, "rm.epoch: unknown setting (did you mean 'epochs'?)"),
+        ({"rm": {"epochs": "two"}}, "rm.epochs: expected float, got 'two'"),
+        ({"generator": {"concurrency": True}}, "generator.concurrency: expected int, got True"),
+        ({"methods": ["rmboost", "dpo"]}, "methods: unknown 'dpo'"),
+        ({"ablations": ["no-aspects"]}, "ablations: unknown 'no-aspects'"),
+        ({"seeds": []}, "seeds: give at least one seed"),
+        ({"data": {"prompts": "p.jsonl"}}, "data: give qa_feedback: FOLDER, or prompts: FILE and test: FILE"),
+        ({"mixture": {"real": 1}}, "mixture: give weights for exactly real and syn"),
+        ({"method_options": {"rlcd": {"temprature": 1}}, "methods": ["rmboost", "rlcd"]},
+         "method_options.rlcd: unknown generate setting 'temprature'"),
+        ({"tasks": "x"}, "tasks: unknown setting (did you mean 'task'?)"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path, sections, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(tmp_path / "exp.yaml", **sections))
+    assert message in str(err.value) and str(tmp_path / "exp.yaml") in str(err.value)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    missing = subprocess.run([*RMBOOST, "experiment", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "experiment config not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = write_config(tmp_path / "bad.yaml", rm={"lr": 1})
+    res = subprocess.run([*RMBOOST, "experiment", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2 and "rm.lr: unknown setting" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_grid_has_one_real_row_per_seed_and_every_variant_setting(tmp_path):
+    cfg = load_config(write_config(tmp_path / "exp.yaml", methods=["rmboost", "rlcd"], ablations=["no-aspect"],
+                                   seeds=[0, 1], mixture={"real": 2, "syn": 1}))
+    assert [v.name for v in variants(cfg)] == ["rmboost", "rlcd", "rmboost-no-aspect"]
+    grid = cells(cfg)
+    assert len(grid) == 2 * (1 + 3 * 2)
+    assert grid[:3] == [("real", "real", 0), ("rmboost", "syn", 0), ("rmboost", "real+syn", 0)]
+    run = tmp_path / "run"
+    assert train_specs(cfg, "rlcd", "real+syn", Path("r.jsonl"), run) == [
+        "r.jsonl:2", f"{run}/gen/rlcd/pairs.jsonl:1"]
+    assert train_specs(cfg, "real", "real", Path("r.jsonl"), run) == ["r.jsonl"]
+
+
+def test_sft_response_labels_are_all_worse():
+    assert set(fixed_labels(["a", "b", "c"], "worse", 0).values()) == {"worse"}
+    balanced = fixed_labels(["a", "b", "c", "d"], "balanced", 0)
+    assert sorted(balanced.values()) == ["better", "better", "worse", "worse"]
+    with pytest.raises(ValueError, match="unknown label mode"):
+        fixed_labels(["a"], "best", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def test_table_averages_seeds_and_resamples_questions(tmp_path):
+    test = tmp_path / "test.jsonl"
+    groups = ["q1", "q1", "q2", "q3"]
+    atomic_write_jsonl(test, [{"id": f"p{i}", "prompt": "x", "chosen": "a", "rejected": "bb", "group": g}
+                              for i, g in enumerate(groups)])
+    # seed 0 gets pairs 0,1,2 right; seed 1 gets pair 0 right and ties pair 3.
+    evals = {0: ([1, 1, 1, 0], [0, 0, 0, 1]), 1: ([1, 0, 0, 0.5], [0, 1, 1, 0.5])}
+    done = []
+    for seed, (c, r) in evals.items():
+        path = tmp_path / f"rm/rmboost__syn__s{seed}/eval.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"rewards": {"chosen": c, "rejected": r}}))
+        acc = [0.75, 0.375][seed]
+        done.append({"variant": "rmboost", "setting": "syn", "seed": seed, "status": "ok", "accuracy": acc,
+                     "ci": [0, 1], "eval_file": str(path.relative_to(tmp_path))})
+    done.append({"variant": "rlcd", "setting": "syn", "seed": 0, "status": "no_data", "accuracy": None})
+    table = summarize_table(done, tmp_path, test)
+    row = table[0]
+    assert row["mean"] == pytest.approx(0.5625) and row["per_seed"] == {"0": 0.75, "1": 0.375}
+    assert row["std"] == pytest.approx(np.std([0.75, 0.375], ddof=1))
+    per_pair = np.array([1.0, 0.5, 0.5, 0.25])  # each pair's outcome averaged over the two seeds
+    assert row["ci"] == list(bootstrap_ci(per_pair, np.array([0, 0, 1, 2]), 3))
+    assert table[1] == {"variant": "rlcd", "setting": "syn", "seeds_ok": 0, "per_seed": {}, "mean": None,
+                        "std": None, "ci": None, "status": "no_data"}
+    text = format_table({"settings": ["syn"], "table": table, "variants": [{"name": "rmboost"}, {"name": "rlcd"}]})
+    assert "56.2 [" in text and "(75.0/37.5)" in text and "no_data" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole grid on the embedded models
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Two training questions (passages shortened to keep prompts small), real and test pairs."""
+    root = tmp_path_factory.mktemp("data")
+    train, test = qa_feedback.split_by_question(qa_feedback.load_human_pairs(QA_FEEDBACK), 0.2, 0)
+    train_groups = {p["group"] for p in train}
+    prompts = [r for r in qa_feedback.load_prompts(QA_FEEDBACK) if r["id"] in train_groups][:2]
+    for row in prompts:
+        row["passages"] = row["passages"][:400]
+    paths = {"prompts": root / "prompts.jsonl", "real": root / "real.jsonl", "test": root / "test.jsonl"}
+    atomic_write_jsonl(paths["prompts"], prompts)
+    atomic_write_jsonl(paths["real"], train[:16])
+    atomic_write_jsonl(paths["test"], test[:24])
+    return paths
+
+
+def tiny_config(path: Path, data: dict[str, Path], **overrides: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "task": "qa_feedback",
+        "data": {"prompts": str(data["prompts"]), "real_train": str(data["real"]), "test": str(data["test"])},
+        "generator": {"max_tokens": 40},
+        "judge": {"mode": "logprobs"},
+        "generation": {"n": 2},
+        "methods": ["rmboost", "rlcd", "rlaif", "west-of-n"],
+        "ablations": ["no-aspect", "no-filter", "sft-response"],
+        "settings": ["real", "syn", "real+syn"],
+        "mixture": {"real": 1, "syn": 1},
+        "rm": {"prompt_field": "none", "max_length": 64, "max_steps": 2, "batch_size": 8},
+        "seeds": [0],
+        "analysis": {"beta_limit": 1},
+    }
+    cfg.update(overrides)
+    path.write_text(yaml.safe_dump(cfg), "utf-8")
+    return path
+
+
+def cache_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("select count(*) from requests").fetchone()[0]
+
+
+def log_events(run: Path) -> list[dict[str, Any]]:
+    return read_jsonl(run / "log.jsonl")
+
+
+@pytest.mark.slow
+def test_grid_survives_a_kill_and_matches_an_uninterrupted_run(tmp_path, tiny_data):
+    cache = tmp_path / "cache.sqlite"
+    env = {**os.environ, "RMBOOST_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    config = tiny_config(tmp_path / "tiny.yaml", tiny_data)
+    run = tmp_path / "run"
+    command = [*RMBOOST, "experiment", str(config), "--out", str(run)]
+
+    # 1. Start, and kill -9 once the second generation stage has finished.
+    with (tmp_path / "first.log").open("w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "log.jsonl").exists() and any(e["stage"].startswith("generate 2/") for e in log_events(run)):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    stored_before = cache_rows(cache)
+    killed = json.loads((run / "results.json").read_text())
+    assert {c["status"] for c in killed["cells"]} == {"pending"}
+    assert set(killed["generation"]) == {"rmboost", "rlcd"}
+
+    # 2. Resume: finished stages make no call; the calls made are exactly the new cache rows.
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = [e for e in log_events(run) if e["invocation"] != log_events(run)[0]["invocation"]]
+    gen_events = {e["variant"]: e for e in second if e["stage"].startswith("generate")}
+    assert gen_events["rmboost"]["calls"] == 0 and gen_events["rlcd"]["calls"] == 0
+    assert stored_before + sum(e["calls"] for e in gen_events.values()) == cache_rows(cache)
+
+    results = json.loads((run / "results.json").read_text())
+    assert len(results["cells"]) == 1 + 7 * 2
+    assert {c["status"] for c in results["cells"]} <= {"ok", "no_data"}
+    real = results["cells"][0]
+    assert real["variant"] == "real" and real["status"] == "ok" and real["train_pairs"] == 16
+    assert 0 <= real["accuracy"] <= 1 and real["ci"][0] <= real["accuracy"] <= real["ci"][1]
+    for v in results["variants"]:
+        gen = results["generation"][v["name"]]
+        pairs = read_jsonl(run / v["pairs_file"]) if (run / v["pairs_file"]).exists() else []
+        assert gen["pairs"] == len(pairs) <= 2
+        assert gen["tokens_in"] > 0 and gen["tokens_out"] > 0  # the whole job's tokens, resumed or not
+        if v["ablation"] == "sft-response":
+            refs = {r["id"]: r["reference"] for r in read_jsonl(tiny_data["prompts"])}
+            assert all(p["chosen"] == refs[p["id"]] and p["label"] == "worse" for p in pairs)
+        if v["ablation"] == "no-aspect":
+            assert all(p["aspect_mode"] == "none" for p in pairs)
+        syn = next(c for c in results["cells"] if c["variant"] == v["name"] and c["setting"] == "syn")
+        assert syn["status"] == ("ok" if pairs else "no_data")
+    # The no-filter ablation asks exactly rmboost's generation requests: all answered from the cache.
+    assert gen_events["rmboost-no-filter"]["calls"] == 0
+    beta = read_jsonl(run / "gen" / "rlcd" / "beta.jsonl")
+    assert len(beta) == 1 and beta[0]["tokens"] > 0
+    assert beta[0]["log_beta"] == pytest.approx(beta[0]["logp_conditional"] - beta[0]["logp_unconditional"])
+    assert not (run / "gen" / "rlaif" / "beta.jsonl").exists()  # sampled from Pr(y|x): nothing to score
+    table_text = resumed.stderr[resumed.stderr.index("variant "):]
+    assert "real only" in table_text and "rmboost-sft-response" in table_text
+
+    # 3. The same config, uninterrupted, over the same LLM answers: no call, same pairs, same results.
+    fresh = tmp_path / "fresh"
+    again = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(fresh)], env=env,
+                           capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert all(e.get("calls", 0) == 0 for e in log_events(fresh))
+    for v in results["variants"]:
+        for name in ("pairs.jsonl", "beta.jsonl"):
+            a, b = run / "gen" / v["name"] / name, fresh / "gen" / v["name"] / name
+            assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), (v, name)
+    other = json.loads((fresh / "results.json").read_text())
+    assert other["cells"] == results["cells"] and other["table"] == results["table"]
+
+    # 4. A changed generation setting on an existing run folder is refused, naming the setting.
+    changed = tiny_config(tmp_path / "changed.yaml", tiny_data, generator={"max_tokens": 40, "temperature": 1.0})
+    refused = subprocess.run([*RMBOOST, "experiment", str(changed), "--out", str(run)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "temperature" in refused.stderr and "Traceback" not in refused.stderr
+
+    # 5. The report the run wrote renders in headless Chromium, with a working pair browser.
+    check_report(run / "report.html", results)
+
+
+def check_report(page_path: Path, results: dict[str, Any]) -> None:
+    from playwright.sync_api import sync_playwright
+    from test_report import CHROMIUM, CHROMIUM_ARGS, search
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_path.as_uri())
+        rows = page.locator("#results-table tbody tr")
+        assert rows.count() == len(results["variants"]) + 1
+        real = next(t for t in results["table"] if t["variant"] == "real")
+        assert f"{real['mean'] * 100:.1f}" in rows.nth(0).inner_text()
+        sizes = page.eval_on_selector_all("img.fig", "imgs => imgs.map(i => [i.complete, i.naturalWidth])")
+        assert sizes and all(done and width > 200 for done, width in sizes)
+        total = page.locator("article.pair").count()
+        assert total > 0
+        page.select_option("#variant-filter", "rlcd")
+        shown = page.eval_on_selector_all("article.pair", "els => els.map(e => e.dataset.variant)")
+        assert shown and set(shown) == {"rlcd"} and len(shown) < total
+        page.select_option("#variant-filter", "")
+        search(page, "no pair says this xyzzy")
+        assert page.locator("article.pair").count() == 0
+        assert errors == []
+        browser.close()
+
+
+@pytest.mark.parametrize("name", ["qa_feedback_small.yaml", "qa_feedback_vllm.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(Path(__file__).parent.parent / "configs" / name)
+    assert len(variants(cfg)) == 7 and cfg.settings == ["real", "syn", "real+syn"]
+    assert cfg.data.qa_feedback and cfg.rm["prompt_field"] == "none"
+
+
+def test_beta_is_skipped_with_a_reason_when_the_backend_has_no_log_probs(tmp_path, scripted):
+    from conftest import run
+    from rich.console import Console
+
+    from rmboost.experiment import RunLog, Variant, _beta_stage, generate_config
+
+    cfg = load_config(write_config(tmp_path / "exp.yaml"))
+    gcfg = generate_config(cfg, Variant("rmboost", "rmboost"), tmp_path / "p.jsonl", tmp_path)
+    log = RunLog(tmp_path / "log.jsonl", Console(file=open(os.devnull, "w")))  # noqa: SIM115
+    run(_beta_stage(gcfg, Variant("rmboost", "rmboost"), cfg, scripted(lambda m, p: ""), log))
+    event = read_jsonl(tmp_path / "log.jsonl")[0]
+    assert event["stage"] == "beta" and event["skipped"] is True
+    assert not (tmp_path / "gen" / "rmboost" / "beta.jsonl").exists()
+
+
+def test_generator_and_rm_settings_reach_the_configs_they_feed(tmp_path):
+    from rmboost.experiment import Variant, generate_config, rm_config, rm_settings
+
+    cfg = load_config(write_config(tmp_path / "exp.yaml", generator={"max_tokens": 64, "threads": 1, "n_ctx": 4096},
+                                   rm={"epochs": 1, "max_length": 96, "keep_models": True}))
+    gcfg = generate_config(cfg, Variant("rmboost-no-aspect", "rmboost", "no-aspect"), tmp_path / "p.jsonl", tmp_path)
+    assert gcfg.max_tokens == 64 and gcfg.temperature == 0.7 and gcfg.aspect_mode == "none" and gcfg.filter
+    assert gcfg.backend.threads == 1 and gcfg.backend.n_ctx == 4096 and gcfg.backend.backend == "llamacpp"
+    tcfg = rm_config(cfg, ["a.jsonl"], tmp_path / "m", seed=3)
+    assert (tcfg.epochs, tcfg.max_length, tcfg.seed, tcfg.learning_rate) == (1, 96, 3, 3e-5)
+    assert rm_settings(cfg)["epochs"] == 1 and "keep_models" not in rm_settings(cfg)
