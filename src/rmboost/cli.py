@@ -96,9 +96,11 @@ def generate(
     top_p: Annotated[float, typer.Option()] = 0.95,
     max_tokens: Annotated[int, typer.Option(help="Per response.")] = 512,
     n_ctx: Annotated[int, typer.Option(help="llamacpp: context window.")] = 8192,
+    threads: Annotated[int | None, typer.Option(help="llamacpp: CPU threads (default: all cores; fewer helps when the machine is busy).")] = None,
     aspect_mode: Annotated[str, typer.Option(help="model-selects (paper), sample, or none (No-Aspect ablation).")] = "model-selects",
     aspects_k: Annotated[int, typer.Option(help="Aspects per pair with --aspect-mode sample.")] = 2,
     y1_from: Annotated[str | None, typer.Option(help="Take y1 from this column (e.g. reference) instead of generating it.")] = None,
+    labels: Annotated[str, typer.Option(help="rmboost: balanced (half better, half worse), worse (y2 always worse: y1 is chosen, the +SFT-Response variant) or better.")] = "balanced",
     max_attempts: Annotated[int, typer.Option(help="Samples per step before a prompt goes to failures.")] = 3,
     prefill: Annotated[
         bool | None,
@@ -135,6 +137,7 @@ def generate(
             requests_per_minute=rpm,
             tokens_per_minute=tpm,
             n_ctx=n_ctx,
+            threads=threads,
         )
         cfg = GenerateConfig(
             task=task,
@@ -159,6 +162,7 @@ def generate(
             aspect_mode=aspect_mode,
             aspects_k=aspects_k,
             y1_from=y1_from,
+            labels=labels,
             max_attempts=max_attempts,
             prefill=prefill,
             judge=_judge_options(backend_opts, judge_backend, judge_model, judge_base_url,
@@ -317,6 +321,25 @@ def merge(
     out.print(f"{len(rows)} pairs from {len(inputs)} files written to {output}")
 
 
+@app.command()
+def experiment(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: the config's output, else runs/NAME).")] = None,
+) -> None:
+    """Run (or resume) a whole study: generate -> filter -> train RMs -> evaluate -> results, report."""
+    from rmboost.experiment import run_experiment
+
+    command = "rmboost experiment " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    try:
+        asyncio.run(run_experiment(config, out, err, command=command))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: finished stages, pairs and LLM answers are kept; "
+                  "run the same command again to continue.")
+        raise typer.Exit(130) from None
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
@@ -328,6 +351,18 @@ app.command("train-rm")(_rm_cli.train_rm)
 app.command("eval-rm")(_rm_cli.eval_rm)
 app.command("score")(_rm_cli.score)
 app.add_typer(_rm_cli.data_app, name="data")
+
+# Alignment (issue 6): reward-augmented relabelling, DPO, goal-conditioned sampling.
+from rmboost.align import cli as _align_cli  # noqa: E402
+
+app.command("relabel")(_align_cli.relabel)
+app.command("dpo")(_align_cli.dpo)
+app.command("sample")(_align_cli.sample)
+
+# Analyses and the HTML report of an experiment run (issue 5).
+from rmboost.analysis import cli as _analysis_cli  # noqa: E402
+
+app.command("report")(_analysis_cli.report)
 
 
 if __name__ == "__main__":  # pragma: no cover

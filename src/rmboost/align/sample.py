@@ -1,0 +1,204 @@
+"""Generate from a policy, conditioned on a goal score the way reward-augmented DPO is used.
+
+A policy trained on relabelled pairs learned what each score level looks like; at inference it
+is asked for the top of the scale. `rmboost sample` reads the goal format (variant, template,
+scale) that `rmboost dpo` saved beside such a policy and, by default, conditions every prompt on
+the scale's top; a plain policy is sampled without a goal unless `--goal` asks for one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from rmboost.align.relabel import GoalSpec, format_score, parse_scale, split_pair
+from rmboost.data.inputs import InputError
+from rmboost.data.pairs import atomic_write_jsonl, sidecar
+from rmboost.rm.data import _messages, _numbered_rows
+
+
+@dataclass
+class SampleConfig:
+    model: str  # a folder written by `rmboost dpo`, smollm2, a causal-LM folder, .gguf or Hub id
+    input: Path
+    output: Path
+    goal: str | None = None  # top, a number, none; None: top for a relabelled policy, else none
+    variant: str | None = None  # override the saved goal format
+    template: str | None = None
+    scale: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    batch_size: int = 8
+    seed: int = 0
+    max_prompt_length: int | None = None  # None: what the policy was trained with, else 512
+    limit: int | None = None
+    device: str | None = None
+
+
+def resolve_goal(cfg: SampleConfig, meta: dict[str, Any]) -> tuple[GoalSpec | None, float | None]:
+    """The goal format and score to condition on (None, None: no goal)."""
+    saved = meta.get("goal")
+    spec = GoalSpec(**saved) if saved else None
+    if cfg.variant or cfg.template or cfg.scale:
+        base = spec or GoalSpec()
+        changes: dict[str, Any] = {}
+        if cfg.variant:
+            changes["variant"] = cfg.variant
+        if cfg.template:
+            changes["template"] = cfg.template
+        if cfg.scale:
+            changes["low"], changes["high"] = parse_scale(cfg.scale)
+        spec = replace(base, **changes)
+    choice = (cfg.goal or ("top" if saved else "none")).strip().lower()
+    if choice == "none":
+        return None, None
+    spec = spec or GoalSpec()
+    if choice == "top":
+        return spec, spec.high
+    try:
+        score = float(choice)
+    except ValueError:
+        raise ValueError(f"--goal {cfg.goal!r}: use top, none or a number on the scale {spec.scale}") from None
+    if not spec.low <= score <= spec.high:
+        raise ValueError(f"--goal {cfg.goal}: outside the goal scale {spec.scale}")
+    return spec, score
+
+
+def read_prompts(path: Path, limit: int | None = None) -> list[tuple[str, dict[str, Any], Any]]:
+    """(where, row, prompt) for each DISTINCT prompt: prompt rows, or pair rows (their prompt)."""
+    seen: set[str] = set()
+    out = []
+    for index, (where, row) in enumerate(_numbered_rows(Path(path))):
+        if "chosen" in row and "rejected" in row:
+            prompt = split_pair(row, where, index).prompt
+        elif "prompt" in row and row["prompt"] is not None:
+            prompt = row["prompt"]
+            if not isinstance(prompt, str):
+                _messages(prompt, where, "prompt")
+        else:
+            raise InputError(f"{where}: missing field 'prompt'")
+        key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append((where, row, prompt))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise InputError(f"{path}: no prompts in the file")
+    return out
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: int = 256, temperature: float = 0.0,
+    top_p: float = 1.0, batch_size: int = 8, seed: int = 0,
+) -> tuple[list[str], list[str], int]:
+    """(responses, the exact text fed to the model per prompt, tokens generated), in input order."""
+    import torch
+
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    texts = []
+    for p in prompts:
+        if chat:
+            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
+            texts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+        elif isinstance(p, str):
+            texts.append(p)
+        else:
+            raise InputError("a chat-format prompt, but the policy's tokenizer has no chat template")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths share a batch
+    responses = [""] * len(texts)
+    generated = 0
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        idx = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        torch.manual_seed(seed + b)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id, **sampling,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
+        for i, ids in zip(idx, new, strict=True):
+            ids = ids.tolist()
+            if tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(tokenizer.eos_token_id)]
+            generated += len(ids)
+            responses[i] = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return responses, texts, generated
+
+
+def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
+    """Read the prompts, condition them on the goal, generate, and write one row per prompt."""
+    import torch
+
+    from rmboost.align.dpo import fit_prompt, load_policy, read_dpo_meta
+
+    started = time.perf_counter()
+    say = log or (lambda _m: None)
+    if cfg.output.suffix != ".jsonl":
+        raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
+        raise ValueError("--max-new-tokens and --batch-size must be at least 1")
+    meta = read_dpo_meta(cfg.model) if Path(cfg.model).is_dir() else {}
+    spec, score = resolve_goal(cfg, meta)
+    limit = cfg.max_prompt_length or meta.get("format", {}).get("max_prompt_length") or 512
+    items = read_prompts(cfg.input, cfg.limit)
+    model, tokenizer, path = load_policy(cfg.model, log=say)
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    fed, cut = [], 0
+    for where, _row, prompt in items:
+        if chat and isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        protect = ""
+        if spec is not None and score is not None:
+            prompt = spec.condition(prompt, score)
+            protect = spec.text(score) + "\n\n" if spec.variant == "user" else ""
+        prompt, was_cut = fit_prompt(tokenizer, prompt, limit, where, protect)
+        fed.append(prompt)
+        cut += was_cut
+    goal_note = f"goal {format_score(score)} on {spec.scale} ({spec.variant})" if spec and score is not None else "no goal"
+    say(f"sampling {len(items)} prompts from {cfg.model} with {goal_note}")
+    responses, texts, generated = generate(
+        model, tokenizer, fed, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+        batch_size=cfg.batch_size, seed=cfg.seed,
+    )
+    rows = []
+    for (_where, row, prompt), policy_prompt, text, response in zip(items, fed, texts, responses, strict=True):
+        out = {k: v for k, v in row.items() if k not in ("chosen", "rejected", "prompt")}
+        out.update(
+            prompt=prompt, response=response, policy_prompt=policy_prompt, policy_input=text,
+            goal_score=score, policy=str(cfg.model),
+        )
+        rows.append(out)
+    cfg.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(cfg.output, rows)
+    summary = {
+        "model": str(cfg.model),
+        "policy_path": path,
+        "output": str(cfg.output),
+        "prompts": len(rows),
+        "goal": {"score": score, **spec.as_dict()} if spec is not None else None,
+        "prompts_cut": cut,
+        "max_prompt_length": limit,
+        "tokens_generated": generated,
+        "mean_response_tokens": round(generated / max(1, len(rows)), 1),
+        "empty_responses": sum(1 for r in responses if not r),
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    sidecar(cfg.output, "summary").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    return summary
