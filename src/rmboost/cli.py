@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from rmboost.backends import BackendOptions
-from rmboost.llm.types import FatalLLMError
+from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost.cli_support import fail as _fail
 from rmboost.methods.judge import JudgeOptions
 
 app = typer.Typer(
@@ -22,11 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, soft_wrap=True)  # messages stay on one line in logs
-out = Console(soft_wrap=True)
-
-# Errors a user can fix: one clear line, no traceback, non-zero exit.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
 
 
 # Judge options, shared by `generate` (rlaif, west-of-n, --filter) and `filter`.
@@ -53,11 +48,6 @@ def _judge_options(
         backend=replace(generator, **changed), mode=mode, temperature=temperature, margin=margin,
         max_tokens=max_tokens,
     )
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 @app.command()

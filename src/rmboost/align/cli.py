@@ -12,14 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from rmboost.llm.types import FatalLLMError
-
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
+from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost.cli_support import fail as _fail
 
 Variant = Annotated[str, typer.Option(help="Where the goal goes: system (a system message) or user (in front of the user turn).")]
 GoalTemplate = Annotated[
@@ -27,11 +23,6 @@ GoalTemplate = Annotated[
     typer.Option(help="Goal instruction with {score} (and {low}, {high}); default: 'Write a response that would be rated {score} ...'."),
 ]
 Scale = Annotated[str, typer.Option(help="Goal score scale LOW-HIGH; the top is what `sample` asks for.")]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _spec(variant: str, template: str | None, scale: str) -> Any:

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from rmboost.cli_support import fail as _fail
+from rmboost.cli_support import out
 
 MAX_PAIRS = 300  # the report module's default, repeated so --help stays light
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
 
 
 def report(
@@ -47,8 +47,3 @@ def _command(run_dir: Path, output: Path | None, max_pairs: int, reanalyze: bool
     if reanalyze:
         parts.append("--reanalyze")
     return " ".join(parts)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)

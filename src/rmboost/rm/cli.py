@@ -11,20 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from rmboost.llm.types import FatalLLMError
+from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost.cli_support import fail as _fail
 
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FatalLLMError, OSError)
 DEFAULT_QA_FEEDBACK = Path("../shared/data/qa_feedback")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _pct(x: float) -> str:
