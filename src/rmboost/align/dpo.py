@@ -291,7 +291,7 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     from rmboost.rm.backbones import quiet_transformers
-    from rmboost.rm.train import device_settings
+    from rmboost.rm.train import device_settings, schedule_arguments
 
     settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
     state = PartialState(cpu=settings["use_cpu"])
@@ -321,21 +321,9 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
         args = DPOConfig(
-            output_dir=str(checkpoints),
-            num_train_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            learning_rate=cfg.learning_rate,
-            lr_scheduler_type=cfg.lr_scheduler,
-            warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
-            seed=cfg.seed,
-            data_seed=cfg.seed,
-            logging_steps=cfg.logging_steps,
+            **schedule_arguments(cfg, checkpoints),
             save_strategy="no",
             eval_strategy="no",
-            report_to="none",
             disable_tqdm=not cfg.show_progress,
             beta=cfg.beta,
             loss_type=[cfg.loss],

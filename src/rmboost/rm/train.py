@@ -205,26 +205,38 @@ def _check(cfg: TrainRMConfig) -> None:
         raise ValueError(f"--output {cfg.output} exists and is not a folder")
 
 
+def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
+    """The TrainingArguments the reward-model and DPO trainers both take from their configs.
+
+    `cfg` has epochs, max_steps, batch_size, grad_accum, learning_rate, lr_scheduler,
+    warmup_ratio, seed and logging_steps (TrainRMConfig, DPOTrainConfig).
+    """
+    return {
+        "output_dir": str(checkpoints),
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps or -1,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "logging_steps": cfg.logging_steps,
+        "report_to": "none",
+    }
+
+
 def _reward_config(
     config_cls: Any, cfg: TrainRMConfig, checkpoints: Path, strategy: str, has_val: bool, settings: dict[str, Any]
 ) -> Any:
     """TRL's RewardConfig for our options (device-dependent settings come from device_settings)."""
     return config_cls(
-        output_dir=str(checkpoints),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
+        **schedule_arguments(cfg, checkpoints),
         adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2,
         weight_decay=cfg.weight_decay,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps,
         eval_strategy=strategy,
         eval_steps=cfg.eval_steps,
         save_strategy=strategy,
@@ -236,7 +248,6 @@ def _reward_config(
         greater_is_better=cfg.select_metric == "accuracy",
         max_length=None,  # already truncated by us; TRL would otherwise DROP longer pairs
         center_rewards_coefficient=cfg.center_rewards,
-        report_to="none",
         disable_tqdm=False,
         **settings,
         **cfg.extra,
