@@ -324,10 +324,14 @@ def _write_if_changed(path: Path, rows: list[dict[str, Any]]) -> None:
 # Stage 2: generation
 
 
+def generator_backend(cfg: ExperimentConfig) -> BackendOptions:
+    return BackendOptions(**{k: v for k, v in cfg.generator.items() if k not in GENERATOR_SAMPLING})
+
+
 def generate_config(cfg: ExperimentConfig, variant: Variant, prompts: Path, run: Path) -> GenerateConfig:
-    g, gen = cfg.generator, cfg.generation
-    backend = BackendOptions(**{k: v for k, v in g.items() if k not in GENERATOR_SAMPLING})
-    sampling = {k: v for k, v in g.items() if k in GENERATOR_SAMPLING}
+    gen = cfg.generation
+    backend = generator_backend(cfg)
+    sampling = {k: v for k, v in cfg.generator.items() if k in GENERATOR_SAMPLING}
     j = cfg.judge
     judge_backend = None
     if j.backend is not None:
@@ -460,7 +464,7 @@ def _tokens(usage: dict[str, Any]) -> dict[str, int]:
 
 
 async def score_beta(
-    gcfg: GenerateConfig, variant: Variant, backend: Any, limit: int | None, console: Console
+    gcfg: GenerateConfig, variant: Variant, backend: Any, limit: int | None
 ) -> int:
     """Append beta.jsonl rows for pairs not scored yet; returns how many rows it added.
 
@@ -547,8 +551,7 @@ def _count_rows(path: Path) -> int:
 
 
 def run_cell(
-    cfg: ExperimentConfig, variant: str, setting: str, seed: int, paths: dict[str, Path], run: Path,
-    console: Console,
+    cfg: ExperimentConfig, variant: str, setting: str, seed: int, paths: dict[str, Path], run: Path
 ) -> dict[str, Any]:
     """Train and evaluate one reward model unless an identical one is already evaluated."""
     from rmboost.rm.data import parse_train_spec, read_pairs
@@ -561,9 +564,9 @@ def run_cell(
     specs = train_specs(cfg, variant, setting, paths["real"], run)
     files = [parse_train_spec(s)[0] for s in specs]
     base = {"variant": variant, "setting": setting, "seed": seed}
-    train_pairs = sum(_count_rows(f) for f in files)
-    if any(_count_rows(f) == 0 for f in files):
-        empty = next(f for f in files if _count_rows(f) == 0)
+    counts = {f: _count_rows(f) for f in files}
+    train_pairs = sum(counts.values())
+    if empty := next((f for f, n in counts.items() if n == 0), None):
         return {**base, "status": "no_data", "accuracy": None, "ci": None, "train_pairs": train_pairs,
                 "eval_file": None, "error": f"no pairs in {empty.relative_to(run) if empty.is_relative_to(run) else empty}"}
     ident = {"rm": rm_settings(cfg), "specs": [s.replace(str(run), "RUN") for s in specs], "seed": seed,
@@ -719,7 +722,7 @@ async def run_experiment(
                       f"{test_info['pairs']} test pairs ({test_info['groups']} groups) in {run / 'data'}")
     vs = variants(cfg)
     grid = cells(cfg)
-    generator = BackendOptions(**{k: v for k, v in cfg.generator.items() if k not in GENERATOR_SAMPLING})
+    generator = generator_backend(cfg)
     results: dict[str, Any] = {
         "name": cfg.name, "task": task.name, "command": command or f"rmboost experiment {config_path}",
         "created": _created(run), "updated": None,
@@ -760,7 +763,7 @@ async def run_experiment(
         if cfg.analysis.beta and (v.method == "rlcd" or v.method == "rmboost"):
             await _beta_stage(gcfg, v, cfg, backend, log)
     for n, (variant, setting, seed) in enumerate(grid, 1):
-        cell = run_cell(cfg, variant, setting, seed, paths, run, console)
+        cell = run_cell(cfg, variant, setting, seed, paths, run)
         results["cells"][n - 1] = cell
         shown = f"{cell['accuracy'] * 100:.1f}% [{cell['ci'][0] * 100:.1f}, {cell['ci'][1] * 100:.1f}]" \
             if cell["status"] == "ok" else cell["status"] + (f" ({cell['error']})" if cell.get("error") else "")
@@ -782,7 +785,7 @@ async def _beta_stage(gcfg: GenerateConfig, v: Variant, cfg: ExperimentConfig, b
                   variant=v.name, skipped=True)
         return
     try:
-        added = await score_beta(gcfg, v, scorer, cfg.analysis.beta_limit, log.console)
+        added = await score_beta(gcfg, v, scorer, cfg.analysis.beta_limit)
     finally:
         if backend is None:
             await scorer.aclose()
