@@ -95,6 +95,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, qaf_split, minilm_tokenize
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_training_lowers_loss_and_raises_accuracy(trained: dict) -> None:
     """Bradley-Terry loss and accuracy on the training pairs, before vs after training."""
     from transformers import set_seed
@@ -120,6 +121,7 @@ def test_training_lowers_loss_and_raises_accuracy(trained: dict) -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_saved_model_round_trip(trained: dict) -> None:
     """The saved folder reloads to the model that was in memory at the end of training."""
     out = trained["cfg"].output
@@ -138,6 +140,7 @@ def test_saved_model_round_trip(trained: dict) -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint(trained: dict, tmp_path: Path) -> None:
     """--init loads every weight of the checkpoint (the head too): its first loss is already low."""
     s = train_rm(
@@ -158,6 +161,7 @@ def test_init_starts_from_a_checkpoint(trained: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_scoring_is_deterministic(trained: dict) -> None:
     pairs = read_pairs(trained["val"], "inputs.question")
     prompts = [p.prompt for p in pairs] * 2
@@ -174,6 +178,7 @@ def test_scoring_is_deterministic(trained: dict) -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_eval_rm_matches_hand_computation(trained: dict, tmp_path: Path, qaf_split) -> None:
     """eval-rm's JSON against rewards computed one by one, including an over-length pair."""
     _, test_rows = qaf_split
@@ -310,6 +315,7 @@ def test_device_settings_on_cpu() -> None:
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_cli_data_train_eval_score(tmp_path: Path, trained: dict) -> None:
     from conftest import QA_FEEDBACK
 
