@@ -34,6 +34,38 @@ JudgeTemperature = Annotated[float, typer.Option(help="Judge sampling temperatur
 JudgeMargin = Annotated[float, typer.Option(help="logprobs mode: |P(first better) - 0.5| must exceed this for a label.")]
 
 
+# Batch mode, shared by `generate` and `filter` (rmboost.llm.batch.BatchOptions).
+Batch = Annotated[bool, typer.Option("--batch", help="Send uncached requests as batches, round by round (half price on OpenAI-style batch APIs; vLLM's offline runner with --batch-transport command).")]
+BatchTransport = Annotated[str, typer.Option(help="openai (the endpoint's Files + Batches API) or command (run --batch-command on each batch file).")]
+BatchCommand = Annotated[str | None, typer.Option(help="command transport: shell command with {input} and {output}, e.g. 'python -m vllm.entrypoints.openai.run_batch -i {input} -o {output} --model M'.")]
+BatchWindow = Annotated[str, typer.Option(help="openai transport: completion window.")]
+BatchMaxRequests = Annotated[int, typer.Option(help="Requests per batch file (a round is split above it).")]
+BatchMaxBytes = Annotated[int, typer.Option(help="Bytes per batch file (a round is split above it).")]
+BatchPoll = Annotated[float, typer.Option(help="Seconds before the first status check (grows 1.5x per check).")]
+BatchPollMax = Annotated[float, typer.Option(help="Longest wait between two status checks, in seconds.")]
+BatchRows = Annotated[int, typer.Option(help="Prompts in flight in batch mode (0: all); a round holds about one request per prompt.")]
+BatchDir = Annotated[Path | None, typer.Option(help="Folder for batch files (default: beside the cache); the command transport's command must see it.")]
+BatchDiscount = Annotated[float, typer.Option(help="Cost estimate: batch price = online price x (1 - discount).")]
+BatchPriceIn = Annotated[float | None, typer.Option(help="Batch price per million input tokens (instead of the discount).")]
+BatchPriceOut = Annotated[float | None, typer.Option(help="Batch price per million output tokens (instead of the discount).")]
+
+
+def _batch_options(
+    on: bool, transport: str, command: str | None, window: str, max_requests: int, max_bytes: int,
+    poll: float, poll_max: float, rows: int, workdir: Path | None, discount: float, price_in: float | None,
+    price_out: float | None,
+) -> object:
+    from rmboost.llm.batch import BatchOptions
+
+    if not on:
+        return None
+    return BatchOptions(
+        transport=transport, command=command, completion_window=window, max_requests=max_requests,
+        max_bytes=max_bytes, poll_interval=poll, poll_max=poll_max, rows=rows, workdir=workdir,
+        discount=discount, price_in=price_in, price_out=price_out,
+    )
+
+
 def _judge_options(
     generator: BackendOptions, backend: str | None, model: str | None, base_url: str | None,
     key_env: str | None, mode: str, temperature: float, margin: float, max_tokens: int = 512,
@@ -111,6 +143,19 @@ def generate(
     judge_margin: JudgeMargin = 0.0,
     price_in: Annotated[float | None, typer.Option(help="Price per million input tokens (cost estimate).")] = None,
     price_out: Annotated[float | None, typer.Option(help="Price per million output tokens (cost estimate).")] = None,
+    batch: Batch = False,
+    batch_transport: BatchTransport = "openai",
+    batch_command: BatchCommand = None,
+    batch_window: BatchWindow = "24h",
+    batch_max_requests: BatchMaxRequests = 50_000,
+    batch_max_bytes: BatchMaxBytes = 190_000_000,
+    batch_poll: BatchPoll = 5.0,
+    batch_poll_max: BatchPollMax = 300.0,
+    batch_rows: BatchRows = 0,
+    batch_dir: BatchDir = None,
+    batch_discount: BatchDiscount = 0.5,
+    batch_price_in: BatchPriceIn = None,
+    batch_price_out: BatchPriceOut = None,
 ) -> None:
     """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
     from rmboost.data.inputs import parse_field_map
@@ -163,6 +208,9 @@ def generate(
             price_in=price_in,
             price_out=price_out,
             show_progress=progress,
+            batch=_batch_options(batch, batch_transport, batch_command, batch_window, batch_max_requests,
+                                 batch_max_bytes, batch_poll, batch_poll_max, batch_rows, batch_dir, batch_discount,
+                                 batch_price_in, batch_price_out),
         )
         summary = asyncio.run(run_generate(cfg, err))
     except KeyboardInterrupt:
@@ -215,8 +263,13 @@ def print_summary(summary: object) -> None:
         )
     if s.filter_rate is not None:
         err.print(f"filter: removed {s.filtered} pairs ({s.filter_rate:.0%} of those judged)", highlight=False)
+    if s.batch:
+        b = s.batch
+        err.print(f"batch: {b['rounds']} rounds, {b['batches_created']} batches created, "
+                  f"{b['batches_attached']} re-attached, {b['waited_seconds']:.0f}s waited", highlight=False)
     if s.cost_usd:
-        err.print(f"estimated cost: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
+        priced = " at batch prices" if s.batch else ""
+        err.print(f"estimated cost{priced}: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
     err.print(f"failures: {s.failures_file}", highlight=False)
     out.print(f"pairs written to {s.output}", highlight=False)
 
@@ -236,6 +289,16 @@ def filter_command(
     concurrency: Annotated[int, typer.Option(help="Judge requests in flight.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     cache: Annotated[Path | None, typer.Option(help="Request cache (SQLite).")] = None,
+    batch: Batch = False,
+    batch_transport: BatchTransport = "openai",
+    batch_command: BatchCommand = None,
+    batch_window: BatchWindow = "24h",
+    batch_max_requests: BatchMaxRequests = 50_000,
+    batch_max_bytes: BatchMaxBytes = 190_000_000,
+    batch_poll: BatchPoll = 5.0,
+    batch_poll_max: BatchPollMax = 300.0,
+    batch_rows: BatchRows = 0,
+    batch_dir: BatchDir = None,
 ) -> None:
     """Keep the pairs whose label the judge confirms in both orders (paper, Appendix B)."""
     from rmboost.filtering import run_filter
@@ -245,8 +308,11 @@ def filter_command(
         judge = _judge_options(BackendOptions(backend=backend, model=model, base_url=base_url,
                                               api_key_env=api_key_env),
                                None, None, None, None, judge_mode, judge_temperature, judge_margin)
+        batch_opts = _batch_options(batch, batch_transport, batch_command, batch_window, batch_max_requests,
+                                    batch_max_bytes, batch_poll, batch_poll_max, batch_rows, batch_dir, 0.5, None, None)
         summary = asyncio.run(run_filter(pairs, output, task, judge, seed=seed,
-                                         cache_path=cache or default_cache_path(), concurrency=concurrency))
+                                         cache_path=cache or default_cache_path(), concurrency=concurrency,
+                                         batch=batch_opts, report=lambda m: err.print(m, highlight=False)))
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     err.print(

@@ -30,8 +30,15 @@ from rmboost.backends import BackendOptions, make_backend
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import read_rows
 from rmboost.data.pairs import atomic_write_jsonl, read_jsonl_tolerant, sidecar
-from rmboost.generate import GenerateConfig, estimate_cost, load_prompt_rows, run_generate
+from rmboost.generate import (
+    GenerateConfig,
+    estimate_cost,
+    job_prices,
+    load_prompt_rows,
+    run_generate,
+)
 from rmboost.llm import Backend, LLMError
+from rmboost.llm.batch import BatchOptions
 from rmboost.methods.judge import JudgeOptions
 from rmboost.tasks import load_task
 
@@ -117,7 +124,7 @@ class ExperimentConfig:
 SECTIONS = {"data": DataSection, "judge": JudgeSection, "generation": GenerationSection, "analysis": AnalysisSection}
 # `generator` and `rm` are the settings of the dataclasses they feed, checked against those, so
 # their defaults live in one place.
-GENERATOR_SAMPLING = ("concurrency", "temperature", "top_p", "max_tokens", "price_in", "price_out")
+GENERATOR_SAMPLING = ("concurrency", "temperature", "top_p", "max_tokens", "price_in", "price_out", "batch")
 RM_PER_CELL = ("train", "output", "seed", "validation", "show_progress", "extra")  # set by the grid
 
 
@@ -126,7 +133,27 @@ def _fields(cls: type, skip: tuple[str, ...] = (), only: tuple[str, ...] | None 
 
 
 def generator_fields() -> dict[str, Any]:
-    return {**_fields(BackendOptions, skip=("logits_all",)), **_fields(GenerateConfig, only=GENERATOR_SAMPLING)}
+    # `batch: true`, or a mapping of BatchOptions settings (transport, command, ...).
+    batch = dataclasses.field(default=None)
+    batch.name, batch.type = "batch", "bool | dict | None"
+    return {**_fields(BackendOptions, skip=("logits_all",)), **_fields(GenerateConfig, only=GENERATOR_SAMPLING),
+            "batch": batch}
+
+
+def batch_options(value: Any) -> BatchOptions | None:
+    """The generator section's `batch` setting as BatchOptions (None: online)."""
+    if value in (None, False):
+        return None
+    if value is True:
+        return BatchOptions()
+    known = {f.name for f in dataclasses.fields(BatchOptions)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"generator.batch: unknown setting {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    try:
+        return BatchOptions(**value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"generator.batch: {exc}") from exc
 
 
 def rm_fields() -> dict[str, Any]:
@@ -332,6 +359,7 @@ def generate_config(cfg: ExperimentConfig, variant: Variant, prompts: Path, run:
     gen = cfg.generation
     backend = generator_backend(cfg)
     sampling = {k: v for k, v in cfg.generator.items() if k in GENERATOR_SAMPLING}
+    sampling["batch"] = batch_options(sampling.get("batch"))
     j = cfg.judge
     judge_backend = None
     if j.backend is not None:
@@ -362,7 +390,8 @@ def generate_config(cfg: ExperimentConfig, variant: Variant, prompts: Path, run:
 
 def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
     """What makes a variant's pairs what they are; not where they go, nor how fast or how many."""
-    skip = {"output", "input", "limit", "concurrency", "show_progress", "cache", "use_cache", "price_in", "price_out"}
+    skip = {"output", "input", "limit", "concurrency", "show_progress", "cache", "use_cache", "price_in", "price_out",
+            "batch"}
     ident = {k: v for k, v in asdict(gcfg).items() if k not in skip}
     for options in (ident["backend"], ident["judge"].get("backend") or {}):
         for detail in ("timeout", "max_retries", "requests_per_minute", "tokens_per_minute", "threads"):
@@ -397,7 +426,7 @@ async def generate_variant(
     full = summary
     if summary.resumed and gcfg.use_cache:
         with tempfile.TemporaryDirectory() as scratch:
-            replay = replace(gcfg, output=Path(scratch) / "pairs.jsonl")
+            replay = replace(gcfg, output=Path(scratch) / "pairs.jsonl", batch=None)
             judge_opts = gcfg.judge.backend or gcfg.backend
             full = await run_generate(
                 replay, console, backend=CacheOnly(backend or make_backend(gcfg.backend)),
@@ -422,7 +451,7 @@ async def generate_variant(
         "judge_tokens_in": usage["judge"]["in"],
         "judge_tokens_out": usage["judge"]["out"],
         "tokens_per_pair": round(sum(u["in"] + u["out"] for u in usage.values()) / pairs, 1) if pairs else None,
-        "cost_usd": (estimate_cost([full.usage, full.judge_usage], gcfg.price_in, gcfg.price_out) or {}).get("total"),
+        "cost_usd": (estimate_cost([full.usage, full.judge_usage], *job_prices(gcfg)) or {}).get("total"),
         "calls_this_run": summary.llm_calls,
         "cache_hits_this_run": summary.cache_hits,
         "wall_seconds": summary.wall_seconds,

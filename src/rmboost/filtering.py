@@ -10,6 +10,8 @@ from typing import Any
 
 from rmboost.data.inputs import InputError
 from rmboost.data.pairs import atomic_write_jsonl, read_pairs, sidecar
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import CommandBackend
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
 from rmboost.methods.judge import JudgeOptions, make_judge
@@ -24,6 +26,7 @@ class FilterSummary:
     output: str
     removed_file: str
     judge_usage: dict[str, Any]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches, time waited
 
     @property
     def rate(self) -> float:
@@ -51,13 +54,28 @@ async def run_filter(
     cache_path: Path | None = None,
     concurrency: int = 1,
     judge_backend: Any = None,
+    batch: BatchOptions | None = None,
+    report: Any = None,
 ) -> FilterSummary:
     pairs = read_pairs(pairs_path)
     rows = [_judge_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
     task = load_task(task_name)
+    if batch is not None and cache_path is None:
+        raise ValueError("--batch needs the request cache: answers and batch state live there")
+    if batch is not None and batch.transport == "command" and judge_backend is None:
+        if not judge_opts.backend.model:
+            raise ValueError("--batch-transport command needs --model: the model name the command serves")
+        judge_backend = CommandBackend(judge_opts.backend.model)
     cache = RequestCache(cache_path) if cache_path else None
     judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
-    semaphore = asyncio.Semaphore(max(1, concurrency))
+    runner = None
+    if batch is not None:
+        assert cache is not None
+        runner = BatchRunner(cache, batch, judge_opts.max_attempts, report=report)
+        runner.attach(judge.ctx.llm, judge_opts.backend)
+    # Batch mode: every pair in flight (or --batch-rows of them), so that a round holds them all.
+    width = (batch.rows or len(pairs)) if batch is not None else concurrency
+    semaphore = asyncio.Semaphore(max(1, width))
     kept: list[dict[str, Any]] = []
     removed: list[dict[str, Any]] = []
     failed = 0
@@ -78,6 +96,8 @@ async def run_filter(
         await judge.ctx.llm.backend.check()
         await asyncio.gather(*(one(p, r) for p, r in zip(pairs, rows, strict=True)))
     finally:
+        if runner is not None:
+            await runner.aclose()
         await judge.ctx.llm.backend.aclose()
         if cache is not None:
             cache.close()
@@ -92,6 +112,7 @@ async def run_filter(
     return FilterSummary(
         kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
         removed_file=str(removed_path), judge_usage=judge.ctx.llm.usage.as_dict(),
+        batch=runner.summary() if runner is not None else None,
     )
 
 

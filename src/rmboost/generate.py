@@ -29,6 +29,8 @@ from rmboost.data.pairs import (
     to_conversational,
 )
 from rmboost.llm import LLM, Backend, SamplingParams
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import CommandBackend
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import MethodContext, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
@@ -86,6 +88,7 @@ class GenerateConfig:
     price_in: float | None = None  # per million input tokens, for the cost estimate
     price_out: float | None = None
     show_progress: bool = True
+    batch: BatchOptions | None = None  # None: online requests; else rounds of batches (rmboost.llm.batch)
 
 
 @dataclass
@@ -110,6 +113,7 @@ class GenerateSummary:
     cache_hits: int
     wall_seconds: float
     labels: dict[str, int]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches created / re-attached, time waited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -210,6 +214,10 @@ async def run_generate(
     resumed = len(writer.done_ids & {r["id"] for r in rows})
     todo = [r for r in rows if r["id"] not in finished]
 
+    if cfg.batch is not None and not cfg.use_cache:
+        raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
+    if cfg.batch is not None and cfg.batch.transport == "command":
+        backend, judge_backend = _command_backends(cfg, backend, judge_backend)
     backend = backend or make_backend(cfg.backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
@@ -217,6 +225,13 @@ async def run_generate(
     if needs_judge(cfg):
         judge_opts = cfg.judge if cfg.judge.backend is not None else replace(cfg.judge, backend=cfg.backend)
         judge = make_judge(judge_opts, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend)
+    runner = None
+    if cfg.batch is not None:
+        assert cache is not None
+        runner = BatchRunner(cache, cfg.batch, cfg.max_attempts, report=lambda m: console.print(m, highlight=False))
+        runner.attach(llm, cfg.backend)
+        if judge is not None:
+            runner.attach(judge.ctx.llm, judge_opts.backend)
     options: dict[str, Any] = {
         "aspect_mode": cfg.aspect_mode,
         "aspects_k": cfg.aspects_k,
@@ -239,7 +254,12 @@ async def run_generate(
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress)
+    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress,
+                           extra=runner.status_line if runner else None)
+    if runner is not None:
+        runner.on_update = progress.refresh
+    # Batch mode: many prompts in flight, so that a round holds many requests.
+    width = (cfg.batch.rows or len(todo)) if cfg.batch is not None else cfg.concurrency
     try:
         if todo:
             await backend.check()
@@ -279,7 +299,7 @@ async def run_generate(
                 await one(queue.get_nowait())
 
         with progress:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, cfg.concurrency))]
+            workers = [asyncio.create_task(worker()) for _ in range(max(1, width))]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -292,6 +312,8 @@ async def run_generate(
         writer.close()
         failures.close()
         removed.close()
+        if runner is not None:
+            await runner.aclose()
         await backend.aclose()
         if judge is not None:
             await judge.ctx.llm.backend.aclose()
@@ -317,14 +339,33 @@ async def run_generate(
         filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
         judge_usage=judge_usage,
-        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out),
+        cost_usd=estimate_cost([usage.as_dict(), judge_usage], *job_prices(cfg)),
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
+        batch=runner.summary() if runner is not None else None,
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
+
+
+def job_prices(cfg: GenerateConfig) -> tuple[float | None, float | None]:
+    """Dollars per million tokens in and out: the batch prices in batch mode, else the online ones."""
+    if cfg.batch is not None:
+        return cfg.batch.prices(cfg.price_in, cfg.price_out)
+    return cfg.price_in, cfg.price_out
+
+
+def _command_backends(
+    cfg: GenerateConfig, backend: Backend | None, judge_backend: Backend | None
+) -> tuple[Backend, Backend | None]:
+    """The command transport has no endpoint: the cache keys name the model it serves."""
+    model = cfg.backend.model
+    if backend is None and not model:
+        raise ValueError("--batch-transport command needs --model: the model name the command serves")
+    judge_model = (cfg.judge.backend.model if cfg.judge.backend is not None else None) or model
+    return backend or CommandBackend(model or ""), judge_backend or CommandBackend(judge_model or "")
 
 
 def _ids_in(path: Path) -> set[str]:

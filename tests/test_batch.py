@@ -1,0 +1,289 @@
+"""Batch mode end to end: rounds of batches through a loopback Files + Batches server, and the
+command transport through a small stand-in for vLLM's run_batch.
+
+The server (tests/batch_server.py) is a real HTTP process whose state lives in a folder; its own
+counters (batches created, lines answered, duplicates) say whether anything was paid twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from batch_server import MODEL, BatchServer, batch_server
+from conftest import read_jsonl, run
+from servers import key_in_files
+
+from rmboost.backends import BackendOptions
+from rmboost.experiment import ConfigError, batch_options
+from rmboost.filtering import run_filter
+from rmboost.generate import GenerateConfig, estimate_cost, job_prices, run_generate
+from rmboost.llm.batch import BatchOptions
+from rmboost.llm.batch_format import chat_body, parse_result_line
+from rmboost.llm.types import SamplingParams
+from rmboost.methods.judge import JudgeOptions
+
+KEY_ENV = "RMBOOST_TEST_BATCH_KEY"
+SECRET = "sk-batch-test-5f0c2a9e1d"
+TESTS = Path(__file__).parent
+SRC = TESTS.parent / "src"
+FAST_POLLS = BatchOptions(poll_interval=0.02, poll_max=0.1)
+
+
+def write_prompts(path: Path, n: int, poison: int | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for i in range(n):
+            question = f"Question {i}?" + (" POISON" if i == poison else "")
+            fh.write(json.dumps({"id": f"p{i}", "question": question, "passages": f"Passage {i}."}) + "\n")
+    return path
+
+
+def config(tmp: Path, server: BatchServer, name: str, *, batch: BatchOptions | None, n: int = 6,
+           poison: int | None = None, **kw: Any) -> GenerateConfig:
+    backend = BackendOptions(backend="openai", base_url=server.base_url, model=MODEL, api_key_env=KEY_ENV,
+                             max_retries=8)
+    if batch is not None and batch.workdir is None:
+        batch = _with(batch, workdir=tmp / name / "work")
+    return GenerateConfig(
+        task="qa_feedback", input=str(write_prompts(tmp / "prompts.jsonl", n, poison)),
+        output=tmp / name / "pairs.jsonl", backend=backend, cache=tmp / name / "cache.sqlite",
+        show_progress=False, concurrency=4, batch=batch, **kw,
+    )
+
+
+def _with(options: BatchOptions, **changes: Any) -> BatchOptions:
+    return BatchOptions(**{**vars(options), **changes})
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+# --------------------------------------------------------------------------- the file format
+
+
+def test_request_and_result_lines_follow_the_batch_format():
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<response>"}]
+    body = chat_body("m", messages, SamplingParams(temperature=0.5, seed=7, stop=("</response>",), logprobs=3))
+    assert body["seed"] == 7 and body["stop"] == ["</response>"] and body["top_logprobs"] == 3
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    completion = {"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}], "usage": {}}
+    ok = parse_result_line({"custom_id": "k", "response": {"status_code": 200, "body": completion}, "error": None})
+    assert ok.body is completion
+    old_vllm = parse_result_line({"custom_id": "k", "response": completion, "error": None})
+    assert old_vllm.body is completion
+    expired = parse_result_line({"custom_id": "k", "response": None,
+                                 "error": {"code": "batch_expired", "message": "too late"}})
+    assert (expired.reason, expired.retryable, expired.body) == ("batch_expired", True, None)
+    vllm_error = parse_result_line({"custom_id": "k", "response": {"status_code": 400, "request_id": "r"},
+                                    "error": "prompt too long"})
+    assert (vllm_error.reason, vllm_error.message, vllm_error.retryable) == ("http_400", "prompt too long", False)
+    server_error = parse_result_line({"custom_id": "k", "response": {"status_code": 503, "body": {
+        "error": {"message": "busy"}}}})
+    assert (server_error.reason, server_error.retryable) == ("http_503", True)
+
+
+def test_batch_prices_and_experiment_setting():
+    cfg = GenerateConfig(task="qa_feedback", input="x", output=Path("o.jsonl"), price_in=2.0, price_out=8.0,
+                         batch=BatchOptions())
+    assert job_prices(cfg) == (1.0, 4.0)
+    assert job_prices(GenerateConfig(task="t", input="x", output=Path("o"), price_in=2.0,
+                                     batch=BatchOptions(discount=0.0, price_out=3.0))) == (2.0, 3.0)
+    usage = {"y1": {"tokens_in": 1_000_000, "tokens_out": 0, "cached_tokens_in": 0, "cached_tokens_out": 0}}
+    assert estimate_cost([usage], *job_prices(cfg)) == {"total": 1.0, "this_run": 1.0}
+    assert batch_options(True) == BatchOptions() and batch_options(False) is None
+    assert batch_options({"transport": "command", "command": "x {input} {output}"}).transport == "command"
+    with pytest.raises(ConfigError, match="unknown setting"):
+        batch_options({"transprot": "command"})
+    with pytest.raises(ValueError, match="placeholders"):
+        from rmboost.llm.batch_command import CommandBatchTransport
+
+        CommandBatchTransport("vllm run", Path("."))
+
+
+# --------------------------------------------------------------------------- the openai transport
+
+
+@pytest.mark.server
+def test_batch_pairs_equal_online_pairs_and_nothing_is_paid_twice(tmp_path: Path):
+    """Several polls per batch, resamples with fresh seeds, the judge filter: the same pairs as online."""
+    with batch_server(tmp_path / "server", polls=3, api_key=SECRET) as server:
+        online = run(run_generate(config(tmp_path, server, "online", batch=None, filter=True)))
+        chat_requests = server.counters()["chat_requests"]
+        batch = run(run_generate(config(tmp_path, server, "batch", batch=FAST_POLLS, filter=True)))
+        counters = server.counters()
+    assert online.pairs_total + online.filtered == 6 and batch.pairs_total == online.pairs_total
+    assert (tmp_path / "batch" / "pairs.jsonl").read_bytes() == (tmp_path / "online" / "pairs.jsonl").read_bytes()
+    assert (tmp_path / "batch" / "pairs.filtered.jsonl").exists() == (tmp_path / "online" / "pairs.filtered.jsonl").exists()
+    # The same requests, each answered once: as many batch lines as online calls, no duplicates.
+    assert counters["lines_answered"] == chat_requests and counters.get("duplicates", 0) == 0
+    assert counters["chat_requests"] == chat_requests  # batch mode made no online call
+    # y1, y2 (+ resample rounds), the judge's two orders in one round.
+    assert batch.batch["rounds"] == counters["batches_created"] >= 3
+    assert counters["polls"] >= 3 * counters["batches_created"]
+    assert batch.usage["y1"]["calls"] == online.usage["y1"]["calls"]
+    assert batch.usage["y1"]["tokens_in"] == online.usage["y1"]["tokens_in"] > 0
+    # A re-run reads every answer from the cache: no batch at all.
+    again = run(run_generate(config(tmp_path, server=server, name="batch", batch=FAST_POLLS, filter=True)))
+    assert again.pairs_written == 0 and again.batch["rounds"] == 0
+    assert key_in_files(tmp_path / "batch", SECRET) == []
+
+
+@pytest.mark.server
+def test_an_expired_batch_resubmits_only_its_unanswered_requests(tmp_path: Path):
+    with batch_server(tmp_path / "server", expire=1) as server:
+        summary = run(run_generate(config(tmp_path, server, "batch", batch=FAST_POLLS, labels="worse")))
+        batches = sorted(server.state.batches(), key=lambda b: b["_seq"])
+        counters = server.counters()
+    first, second = batches[0], batches[1]
+    assert first["status"] == "expired" and first["request_counts"]["total"] == 6
+    answered = server.state.custom_ids(first["output_file_id"])
+    unanswered = server.state.custom_ids(first["error_file_id"])
+    resent = server.state.custom_ids(second["input_file_id"])
+    assert len(answered) == len(unanswered) == 3
+    assert unanswered <= resent and not answered & resent  # only the unanswered half went out again
+    assert counters.get("duplicates", 0) == 0 and summary.pairs_total == 6 and summary.failures == {}
+
+
+@pytest.mark.server
+def test_per_request_errors_are_retried_then_recorded_as_failures(tmp_path: Path):
+    with batch_server(tmp_path / "server", flaky=2, reject="POISON") as server:
+        summary = run(run_generate(config(tmp_path, server, "batch", batch=FAST_POLLS, poison=3)))
+        counters = server.counters()
+    flaked = (server.state_dir / "flaked.txt").read_text().split()
+    assert flaked, "no request failed with a 500; the test would prove nothing"
+    failures = read_jsonl(tmp_path / "batch" / "pairs.failures.jsonl")
+    assert [(f["id"], f["step"], f["reason"]) for f in failures] == [("p3", "y1", "http_400")]
+    assert "scripted rejection" in failures[0]["attempts"][0]["error"]
+    assert summary.pairs_total == 5 and counters.get("duplicates", 0) == 0
+
+
+@pytest.mark.server
+def test_retryable_errors_give_up_after_max_attempts(tmp_path: Path):
+    with batch_server(tmp_path / "server", expire=100) as server:  # every batch expires half done
+        run(run_generate(config(tmp_path, server, "batch", batch=FAST_POLLS, n=4, max_attempts=2)))
+    expired = [f for f in read_jsonl(tmp_path / "batch" / "pairs.failures.jsonl") if f["reason"] == "batch_expired"]
+    assert expired, "no request ran out of batch attempts; the test would prove nothing"
+    assert all("after 2 batch(es)" in f["attempts"][-1]["error"] for f in expired)
+
+
+def cli(tmp: Path, server: BatchServer, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "rmboost.cli", "generate", "--input", str(write_prompts(tmp / "prompts.jsonl", 6)),
+            "--output", str(tmp / "job" / "pairs.jsonl"), "--cache", str(tmp / "job" / "cache.sqlite"),
+            "--backend", "openai", "--base-url", server.base_url, "--model", MODEL, "--api-key-env", KEY_ENV,
+            "--batch", "--batch-poll", "0.02", "--batch-poll-max", "0.1", "--max-retries", "10",
+            "--no-progress", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), KEY_ENV: SECRET}
+
+
+@pytest.mark.server
+def test_a_job_killed_after_creating_a_batch_reattaches_to_it(tmp_path: Path):
+    with batch_server(tmp_path / "server", polls=10**9) as server:  # batches wait until told otherwise
+        job = subprocess.Popen(cli(tmp_path, server), env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: server.counters().get("polls", 0) >= 2, "the first batch to be created and polled")
+        finally:
+            job.send_signal(signal.SIGKILL)
+            job.wait()
+        assert server.counters()["batches_created"] == 1
+        server.configure(polls=2)
+        done = subprocess.run(cli(tmp_path, server), env=env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        counters = server.counters()
+    summary = json.loads((tmp_path / "job" / "pairs.summary.json").read_text())
+    assert summary["pairs_total"] + sum(summary["failures"].values()) == 6
+    assert summary["batch"]["batches_attached"] == 1  # the killed run's batch, not a new one
+    assert counters["batches_created"] == 1 + summary["batch"]["batches_created"]
+    assert counters["files_uploaded"] == counters["batches_created"]
+    assert counters.get("duplicates", 0) == 0
+    assert "already sent by an earlier run" in done.stderr
+
+
+@pytest.mark.server
+def test_a_server_restart_between_polls_loses_nothing(tmp_path: Path):
+    with batch_server(tmp_path / "server", polls=10**9) as server:
+        job = subprocess.Popen(cli(tmp_path, server), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        try:
+            wait_for(lambda: server.counters().get("polls", 0) >= 2, "the first batch to be polled")
+            server.stop()
+            server.configure(polls=server.state.counters()["polls"] + 3)
+            server.start()  # same port, same state folder
+            _, stderr = job.communicate(timeout=300)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        counters = server.counters()
+    assert job.returncode == 0, stderr[-3000:]
+    summary = json.loads((tmp_path / "job" / "pairs.summary.json").read_text())
+    assert summary["pairs_total"] == 6 and summary["batch"]["rounds"] == counters["batches_created"]
+    assert counters.get("duplicates", 0) == 0
+
+
+# --------------------------------------------------------------------------- the command transport
+
+
+def command(*extra: str) -> str:
+    return f"{sys.executable} {TESTS / 'answer_batch.py'} -i {{input}} -o {{output}} " + " ".join(extra)
+
+
+def test_command_transport_end_to_end_then_filter(tmp_path: Path):
+    """rmboost generate and rmboost filter through a command that answers a request file."""
+    with batch_server(tmp_path / "server") as server:  # only for the online reference run
+        online = run(run_generate(config(tmp_path, server, "online", batch=None)))
+    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work")
+    cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "cmd" / "pairs.jsonl",
+                         backend=BackendOptions(model=MODEL), cache=tmp_path / "cmd.sqlite", show_progress=False,
+                         batch=opts)
+    summary = run(run_generate(cfg))
+    assert summary.pairs_total == online.pairs_total == 6 and summary.batch["batches_created"] >= 2
+
+    def content(path: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k not in ("request_ids", "model")} for r in read_jsonl(path)]
+
+    assert content(tmp_path / "cmd" / "pairs.jsonl") == content(tmp_path / "online" / "pairs.jsonl")
+    assert list((tmp_path / "work").iterdir()) == []  # batch files are removed once read
+
+    kept = run(run_filter(tmp_path / "cmd" / "pairs.jsonl", tmp_path / "kept.jsonl", "qa_feedback",
+                          JudgeOptions(backend=BackendOptions(model=MODEL)), cache_path=tmp_path / "cmd.sqlite",
+                          batch=opts))
+    assert kept.kept + kept.removed == 6 and kept.failed == 0 and kept.batch["rounds"] == 1
+
+
+def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path):
+    write_prompts(tmp_path / "prompts.jsonl", 6)
+    opts = BatchOptions(transport="command", command=command("--fail-after 2"), poll_interval=0.02,
+                        workdir=tmp_path / "work")
+    cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "pairs.jsonl",
+                         backend=BackendOptions(model=MODEL), cache=tmp_path / "c.sqlite", show_progress=False,
+                         batch=opts, labels="worse")
+    from rmboost.llm.types import FatalLLMError
+
+    with pytest.raises(FatalLLMError, match="exited with status 3"):
+        run(run_generate(cfg))
+    # The two answers it wrote are in the cache: the next run (a working command) sends only the rest.
+    fixed = _with(opts, command=command())
+    summary = run(run_generate(GenerateConfig(**{**vars(cfg), "batch": fixed})))
+    assert summary.pairs_total == 6
+    assert summary.usage["y1"]["cache_hits"] == 2  # written by the failed run, read then, not asked again
