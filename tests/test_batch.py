@@ -119,6 +119,25 @@ def test_batch_prices_and_experiment_setting():
         CommandBatchTransport("vllm run", Path("."))
 
 
+def test_experiment_generator_batch_setting_reaches_generation(tmp_path: Path):
+    import yaml
+
+    from rmboost.experiment import Variant, generate_config, load_config
+
+    def gcfg_for(batch: Any) -> GenerateConfig:
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump({"name": "t", "task": "qa_feedback", "generator": {"batch": batch},
+                                        "data": {"prompts": "p.jsonl", "test": "t.jsonl",
+                                                 "real_train": "r.jsonl"}}))
+        return generate_config(load_config(path), Variant("rmboost", "rmboost", None), tmp_path / "p.jsonl", tmp_path)
+
+    assert gcfg_for(True).batch == BatchOptions()
+    assert gcfg_for(False).batch is None
+    assert gcfg_for({"transport": "command", "command": "run {input} {output}"}).batch.command == "run {input} {output}"
+    with pytest.raises(ConfigError, match=r"generator\.batch: unknown setting"):
+        gcfg_for({"transprot": "command"})
+
+
 # --------------------------------------------------------------------------- the openai transport
 
 
