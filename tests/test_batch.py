@@ -21,15 +21,15 @@ import pytest
 from batch_server import MODEL, BatchServer, batch_server
 from conftest import read_jsonl, run
 from servers import key_in_files
+from typer.testing import CliRunner
 
 from rmboost.backends import BackendOptions
+from rmboost.cli import app
 from rmboost.experiment import ConfigError, batch_options
-from rmboost.filtering import run_filter
 from rmboost.generate import GenerateConfig, estimate_cost, job_prices, run_generate
 from rmboost.llm.batch import BatchOptions
 from rmboost.llm.batch_format import chat_body, parse_result_line
 from rmboost.llm.types import SamplingParams
-from rmboost.methods.judge import JudgeOptions
 
 KEY_ENV = "RMBOOST_TEST_BATCH_KEY"
 SECRET = "sk-batch-test-5f0c2a9e1d"
@@ -267,16 +267,19 @@ def command(*extra: str) -> str:
     return f"{sys.executable} {TESTS / 'answer_batch.py'} -i {{input}} -o {{output}} " + " ".join(extra)
 
 
+@pytest.mark.server
 def test_command_transport_end_to_end_then_filter(tmp_path: Path):
     """rmboost generate and rmboost filter through a command that answers a request file."""
     with batch_server(tmp_path / "server") as server:  # only for the online reference run
         online = run(run_generate(config(tmp_path, server, "online", batch=None)))
-    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work")
+    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work",
+                        max_requests=4)  # a round of 6 requests goes out as two batch files
     cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "cmd" / "pairs.jsonl",
                          backend=BackendOptions(model=MODEL), cache=tmp_path / "cmd.sqlite", show_progress=False,
                          batch=opts)
     summary = run(run_generate(cfg))
-    assert summary.pairs_total == online.pairs_total == 6 and summary.batch["batches_created"] >= 2
+    assert summary.pairs_total == online.pairs_total == 6
+    assert summary.batch["batches_created"] > summary.batch["rounds"] >= 2
 
     def content(path: Path) -> list[dict[str, Any]]:
         return [{k: v for k, v in r.items() if k not in ("request_ids", "model")} for r in read_jsonl(path)]
@@ -284,10 +287,15 @@ def test_command_transport_end_to_end_then_filter(tmp_path: Path):
     assert content(tmp_path / "cmd" / "pairs.jsonl") == content(tmp_path / "online" / "pairs.jsonl")
     assert list((tmp_path / "work").iterdir()) == []  # batch files are removed once read
 
-    kept = run(run_filter(tmp_path / "cmd" / "pairs.jsonl", tmp_path / "kept.jsonl", "qa_feedback",
-                          JudgeOptions(backend=BackendOptions(model=MODEL)), cache_path=tmp_path / "cmd.sqlite",
-                          batch=opts))
-    assert kept.kept + kept.removed == 6 and kept.failed == 0 and kept.batch["rounds"] == 1
+    filtered = CliRunner().invoke(app, [
+        "filter", str(tmp_path / "cmd" / "pairs.jsonl"), "--output", str(tmp_path / "kept.jsonl"), "--model", MODEL,
+        "--cache", str(tmp_path / "cmd.sqlite"), "--batch", "--batch-transport", "command",
+        "--batch-command", command(), "--batch-poll", "0.02", "--batch-dir", str(tmp_path / "work"),
+    ])
+    assert filtered.exit_code == 0, filtered.output
+    assert "batch round 1: 12 requests" in filtered.output  # both orders of all six pairs, in one round
+    kept, removed = read_jsonl(tmp_path / "kept.jsonl"), read_jsonl(tmp_path / "kept.filtered.jsonl")
+    assert len(kept) + len(removed) == 6 and all(r["filter"]["winner"] for r in removed)
 
 
 def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path):
@@ -306,3 +314,68 @@ def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path)
     summary = run(run_generate(GenerateConfig(**{**vars(cfg), "batch": fixed})))
     assert summary.pairs_total == 6
     assert summary.usage["y1"]["cache_hits"] == 2  # written by the failed run, read then, not asked again
+
+
+def test_a_killed_job_waits_for_the_command_it_started(tmp_path: Path):
+    """The command outlives a SIGKILLed rmboost; the next run re-attaches to that process."""
+    runs, go = tmp_path / "runs.txt", tmp_path / "go"
+    job_cmd = [sys.executable, "-m", "rmboost.cli", "generate", "--input", str(write_prompts(tmp_path / "p.jsonl", 4)),
+               "--output", str(tmp_path / "out" / "pairs.jsonl"), "--cache", str(tmp_path / "c.sqlite"),
+               "--model", MODEL, "--batch", "--batch-transport", "command", "--batch-poll", "0.02",
+               "--batch-command", command("--count", str(runs), "--wait-for", str(go)),
+               "--batch-dir", str(tmp_path / "work"), "--no-progress"]
+    first = subprocess.Popen(job_cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: runs.exists() and runs.read_text().count("\n") == 1, "the batch command to start")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    log = tmp_path / "second.log"
+    with log.open("w") as fh:
+        second = subprocess.Popen(job_cmd, env=env(), stdout=subprocess.DEVNULL, stderr=fh)
+    try:
+        # While the old command still runs, the new job waits on it rather than starting another.
+        wait_for(lambda: "already sent" in log.read_text(), "the second run to re-attach")
+        assert runs.read_text().count("\n") == 1
+        go.touch()  # the first run's command answers now
+        second.wait(timeout=300)
+    finally:
+        go.touch()
+        if second.poll() is None:
+            second.kill()
+    stderr = log.read_text()
+    assert second.returncode == 0, stderr[-3000:]
+    assert "already sent by an earlier run" in stderr
+    started = runs.read_text().splitlines()
+    summary = json.loads((tmp_path / "out" / "pairs.summary.json").read_text())
+    # Round 1's command ran once (started by the killed run); every later round started one more.
+    assert len(started) == 1 + summary["batch"]["batches_created"]
+    assert summary["batch"]["batches_attached"] == 1 and summary["pairs_total"] == 4
+
+
+@pytest.mark.server
+def test_a_run_killed_between_creating_a_batch_and_recording_it_finds_it(tmp_path: Path, monkeypatch):
+    """The batch's input file id is recorded before the batch is created; a restart looks it up."""
+    from rmboost.llm.batch_store import BatchStore
+
+    original = BatchStore.update
+
+    def lose_the_batch_id(self: BatchStore, batch_id: str, **fields: Any) -> None:
+        if fields.get("state") == "submitted":
+            raise RuntimeError("killed before the batch id was recorded")
+        original(self, batch_id, **fields)
+
+    with batch_server(tmp_path / "server") as server:
+        cfg = config(tmp_path, server, "batch", batch=FAST_POLLS, n=4)
+        monkeypatch.setattr(BatchStore, "update", lose_the_batch_id)
+        with pytest.raises(RuntimeError, match="killed before"):
+            run(run_generate(cfg))
+        assert server.counters()["batches_created"] == 1
+        monkeypatch.setattr(BatchStore, "update", original)
+        summary = run(run_generate(cfg))
+        counters = server.counters()
+    assert summary.batch["batches_attached"] == 1
+    assert summary.pairs_total + sum(summary.failures.values()) == 4
+    assert counters["batches_created"] == 1 + summary.batch["batches_created"]
+    assert counters["files_uploaded"] == counters["batches_created"]  # the first file was not uploaded again
+    assert counters.get("duplicates", 0) == 0

@@ -334,9 +334,10 @@ class BatchRunner:
         states = Counter(status for status, _, _ in r.batches.values())
         done = sum(d for _, d, _ in r.batches.values())
         total = sum(t for _, _, t in r.batches.values()) or r.requests
-        waited = time.monotonic() - r.started if self._driver is not None else 0.0
+        running = time.monotonic() - r.started if self._driver is not None else 0.0
         shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "preparing"
-        return f"round {r.number}: batches {shown} | requests {done:,}/{total:,} | waited {_duration(waited)}"
+        return (f"round {r.number}: batches {shown} | requests {done:,}/{total:,} | "
+                f"waited {_duration(running)} (all rounds {_duration(self.waited + running)})")
 
     def summary(self) -> dict[str, Any]:
         return {"rounds": self.round.number, "batches_created": self.batches_created,

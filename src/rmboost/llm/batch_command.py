@@ -88,8 +88,11 @@ class CommandBatchTransport:
 
     async def poll(self, record: BatchRecord) -> Poll:
         info = record.info
+        # Whether it runs, asked before reading the status file (written last, just before it exits).
         if (proc := self._procs.get(record.id)) is not None:
-            proc.poll()  # reap our own child so that it does not linger as a zombie
+            alive = proc.poll() is None  # our own child (poll() also reaps it)
+        else:  # started by an earlier run
+            alive = _alive(info.get("pid"), info.get("input.jsonl", ""))
         counts = {"total": record.n_requests, "completed": self._count_lines(record)}
         status_file = Path(info.get("status", ""))
         if status_file.is_file() and status_file.read_text().strip():
@@ -97,7 +100,7 @@ class CommandBatchTransport:
             if code == 0:
                 return Poll("completed", counts, info)
             return Poll("failed", counts, info, f"the batch command exited with status {code}{_log_note(info)}")
-        if _alive(info.get("pid"), info.get("input.jsonl", "")):
+        if alive:
             return Poll("in_progress", counts, info)
         return Poll("failed", counts, info, f"the batch command (pid {info.get('pid')}) ended without an exit "
                     f"status (killed?){_log_note(info)}")
