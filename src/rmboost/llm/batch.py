@@ -189,6 +189,9 @@ class BatchRunner:
         self.batches_attached += len(attached)
         self.batches_created += len(new_ids)
         ids = [*attached, *new_ids]
+        for batch_id in ids:
+            record = self.store.get(batch_id)
+            self.round.batches[batch_id] = (record.status or record.state, 0, record.n_requests)
         self.report(
             f"batch round {self.round.number}: {len(entries)} requests in {len(ids)} batch(es)"
             + (f", {len(attached)} of them already sent by an earlier run" if attached else "")
@@ -346,6 +349,10 @@ class BatchRunner:
 
     async def aclose(self) -> None:
         if self._driver is not None:
+            unread = [b for b, (status, _, _) in self.round.batches.items() if status != "read"]
+            if unread:
+                self.report(f"{len(unread)} batch(es) of round {self.round.number} are still with the provider; "
+                            "the same command picks them up (nothing is sent twice)")
             self._driver.cancel()
             await asyncio.gather(self._driver, return_exceptions=True)
         for transport in self._transports.values():
