@@ -379,3 +379,23 @@ def test_a_run_killed_between_creating_a_batch_and_recording_it_finds_it(tmp_pat
     assert counters["batches_created"] == 1 + summary.batch["batches_created"]
     assert counters["files_uploaded"] == counters["batches_created"]  # the first file was not uploaded again
     assert counters.get("duplicates", 0) == 0
+
+
+@pytest.mark.parametrize(("method", "first_round"), [("west-of-n", 4 * 3), ("rlaif", 4)])
+def test_baselines_in_batch_mode_ask_independent_requests_in_one_round(tmp_path: Path, method: str, first_round: int):
+    """West-of-N's N samples go out together; so do the judge's two orders and its N ratings."""
+    import io
+
+    from rich.console import Console
+
+    write_prompts(tmp_path / "prompts.jsonl", 4)
+    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work")
+    cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "pairs.jsonl",
+                         method=method, n=3, backend=BackendOptions(model=MODEL), cache=tmp_path / "c.sqlite",
+                         show_progress=False, batch=opts)
+    text = io.StringIO()
+    summary = run(run_generate(cfg, Console(file=text, width=200)))
+    assert f"batch round 1: {first_round} requests" in text.getvalue()
+    assert summary.pairs_total + sum(summary.failures.values()) == 4 and summary.pairs_total >= 1
+    judged = summary.judge_usage["score" if method == "west-of-n" else "judge"]
+    assert judged["calls"] >= 2 * summary.pairs_total
