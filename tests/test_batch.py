@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,22 @@ from typer.testing import CliRunner
 
 from rmboost.backends import BackendOptions
 from rmboost.cli import app
-from rmboost.experiment import ConfigError, batch_options
-from rmboost.generate import GenerateConfig, estimate_cost, job_prices, run_generate
+from rmboost.experiment import ConfigError
+from rmboost.experiment.config import batch_setting
+from rmboost.generate import GenerateConfig, run_generate
+from rmboost.llm.accounting import estimate_cost, job_prices
 from rmboost.llm.batch import BatchOptions
-from rmboost.llm.batch_format import chat_body, parse_result_line
+from rmboost.llm.batch_format import parse_result_line
+from rmboost.llm.chat_format import chat_body
 from rmboost.llm.types import SamplingParams
+from rmboost.options import OptionError
 
 KEY_ENV = "RMBOOST_TEST_BATCH_KEY"
 SECRET = "sk-batch-test-5f0c2a9e1d"
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
-FAST_POLLS = BatchOptions(poll_interval=0.02, poll_max=0.1)
+FAST_POLLS = BatchOptions(enabled=True, poll_interval=0.02, poll_max=0.1)
+ONLINE = BatchOptions()
 
 
 def write_prompts(path: Path, n: int, poison: int | None = None) -> Path:
@@ -47,21 +53,17 @@ def write_prompts(path: Path, n: int, poison: int | None = None) -> Path:
     return path
 
 
-def config(tmp: Path, server: BatchServer, name: str, *, batch: BatchOptions | None, n: int = 6,
+def config(tmp: Path, server: BatchServer, name: str, *, batch: BatchOptions, n: int = 6,
            poison: int | None = None, **kw: Any) -> GenerateConfig:
     backend = BackendOptions(backend="openai", base_url=server.base_url, model=MODEL, api_key_env=KEY_ENV,
                              max_retries=8)
-    if batch is not None and batch.workdir is None:
-        batch = _with(batch, workdir=tmp / name / "work")
+    if batch.enabled and batch.workdir is None:
+        batch = replace(batch, workdir=tmp / name / "work")
     return GenerateConfig(
         task="qa_feedback", input=str(write_prompts(tmp / "prompts.jsonl", n, poison)),
         output=tmp / name / "pairs.jsonl", backend=backend, cache=tmp / name / "cache.sqlite",
         show_progress=False, concurrency=4, batch=batch, **kw,
     )
-
-
-def _with(options: BatchOptions, **changes: Any) -> BatchOptions:
-    return BatchOptions(**{**vars(options), **changes})
 
 
 def wait_for(condition: Callable[[], bool], what: str, limit: float = 120.0) -> None:
@@ -101,22 +103,75 @@ def test_request_and_result_lines_follow_the_batch_format():
     assert (server_error.reason, server_error.retryable) == ("http_503", True)
 
 
+def test_the_online_backend_sends_what_a_batch_line_carries():
+    """One request/response mapping (rmboost.llm.chat_format) for online calls and batch files."""
+    from servers import SCRIPTED_MODEL, SCRIPTED_TEXT, ScriptedServer
+
+    from rmboost.llm.batch_format import line_for_record
+    from rmboost.llm.openai_compat import OpenAIBackend
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "<response>"}]
+    params = SamplingParams(temperature=0.5, seed=7, stop=("</response>",), logprobs=3, max_tokens=9)
+    with ScriptedServer() as server:
+        backend = OpenAIBackend(server.base_url, SCRIPTED_MODEL, api_key_env=KEY_ENV)
+
+        async def ask() -> Any:
+            try:
+                return await backend.complete(messages, params)
+            finally:
+                await backend.aclose()
+
+        completion = run(ask())
+    record = {"backend": backend.identity(), "messages": messages, "params": params.as_dict(), "sample_index": 0}
+    batch_body = json.loads(line_for_record("k", record))["body"]
+    assert server.received[-1].body == batch_body
+    assert batch_body["continue_final_message"] is True and batch_body["top_logprobs"] == 3
+    assert completion.text == "<response>" + SCRIPTED_TEXT and completion.model == SCRIPTED_MODEL
+
+
 def test_batch_prices_and_experiment_setting():
-    cfg = GenerateConfig(task="qa_feedback", input="x", output=Path("o.jsonl"), price_in=2.0, price_out=8.0,
-                         batch=BatchOptions())
-    assert job_prices(cfg) == (1.0, 4.0)
-    assert job_prices(GenerateConfig(task="t", input="x", output=Path("o"), price_in=2.0,
-                                     batch=BatchOptions(discount=0.0, price_out=3.0))) == (2.0, 3.0)
+    on = BatchOptions(enabled=True)
+    assert job_prices(2.0, 8.0, on) == (1.0, 4.0)
+    assert job_prices(2.0, 8.0, BatchOptions()) == (2.0, 8.0)  # batch off: the online prices
+    assert job_prices(2.0, None, BatchOptions(enabled=True, discount=0.0, price_out=3.0)) == (2.0, 3.0)
     usage = {"y1": {"tokens_in": 1_000_000, "tokens_out": 0, "cached_tokens_in": 0, "cached_tokens_out": 0}}
-    assert estimate_cost([usage], *job_prices(cfg)) == {"total": 1.0, "this_run": 1.0}
-    assert batch_options(True) == BatchOptions() and batch_options(False) is None
-    assert batch_options({"transport": "command", "command": "x {input} {output}"}).transport == "command"
-    with pytest.raises(ConfigError, match="unknown setting"):
-        batch_options({"transprot": "command"})
+    assert estimate_cost([usage], 2.0, 8.0, on) == {"total": 1.0, "this_run": 1.0}
+    assert estimate_cost([usage], 2.0, 8.0) == {"total": 2.0, "this_run": 2.0}
+    assert batch_setting(True) == on and batch_setting(False) == BatchOptions()
+    assert batch_setting({"transport": "command", "command": "x {input} {output}"}) == BatchOptions(
+        enabled=True, transport="command", command="x {input} {output}")
+    with pytest.raises(OptionError, match=r"generator\.batch\.transprot: unknown setting \(did you mean 'transport'"):
+        batch_setting({"transprot": "command"})
+    with pytest.raises(OptionError, match=r"generator\.batch: .*needs --batch-command"):
+        batch_setting({"transport": "command"})
+    with pytest.raises(OptionError, match=r"generator\.batch\.discount must be between 0 and 1"):
+        batch_setting({"discount": 2})
     with pytest.raises(ValueError, match="placeholders"):
         from rmboost.llm.batch_command import CommandBatchTransport
 
         CommandBatchTransport("vllm run", Path("."))
+
+
+def test_batch_flags_come_from_the_batch_options(tmp_path: Path):
+    """`--batch*` on generate and filter are BatchOptions' fields; a bad value is one line, exit 2."""
+    from rmboost.cli import FilterOptions
+    from rmboost.options import settings
+
+    generate_help = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "250"}).output
+    filter_help = CliRunner().invoke(app, ["filter", "--help"], env={"COLUMNS": "250"}).output
+    for flag in ("--batch ", "--batch-transport", "--batch-command", "--batch-window", "--batch-max-requests",
+                 "--batch-max-bytes", "--batch-poll ", "--batch-poll-max", "--batch-rows", "--batch-dir"):
+        assert flag in generate_help and flag in filter_help, flag
+    for flag in ("--batch-discount", "--batch-price-in", "--batch-price-out"):
+        assert flag in generate_help and flag not in filter_help, flag
+    assert "discount" not in settings(FilterOptions)["batch"].spec.only
+    out = tmp_path / "o.jsonl"
+    bad = CliRunner().invoke(app, ["generate", "-o", str(out), "--batch", "--batch-transport", "ftp"])
+    assert bad.exit_code == 2 and "--batch-transport: unknown batch transport 'ftp' (use openai or command)" in bad.output
+    no_cache = CliRunner().invoke(app, ["generate", "-o", str(out), "--batch", "--no-cache",
+                                        "--input", str(write_prompts(tmp_path / "p.jsonl", 1))])
+    assert no_cache.exit_code != 0 and "--batch needs the request cache" in no_cache.output
+    assert not out.exists()
 
 
 def test_experiment_generator_batch_setting_reaches_generation(tmp_path: Path):
@@ -131,11 +186,45 @@ def test_experiment_generator_batch_setting_reaches_generation(tmp_path: Path):
                                                  "real_train": "r.jsonl"}}))
         return generate_config(load_config(path), Variant("rmboost", "rmboost", None), tmp_path / "p.jsonl", tmp_path)
 
-    assert gcfg_for(True).batch == BatchOptions()
-    assert gcfg_for(False).batch is None
+    assert gcfg_for(True).batch == BatchOptions(enabled=True)
+    assert gcfg_for(False).batch == BatchOptions()
     assert gcfg_for({"transport": "command", "command": "run {input} {output}"}).batch.command == "run {input} {output}"
-    with pytest.raises(ConfigError, match=r"generator\.batch: unknown setting"):
+    with pytest.raises(ConfigError, match=r"generator\.batch\.transprot: unknown setting"):
         gcfg_for({"transprot": "command"})
+    with pytest.raises(ConfigError, match=r"generator\.batch: expected a mapping of settings, got 'yes'"):
+        gcfg_for("yes")
+
+
+def test_a_resumed_experiment_variant_in_batch_mode_is_recounted_from_the_cache(tmp_path: Path):
+    """The replay that recounts a resumed variant reads the batch job's answers (the command
+    transport's cache keys) without sending anything, and prices them at the batch price."""
+    import yaml
+    from rich.console import Console
+
+    from rmboost.experiment import Variant, generate_config, generate_variant, load_config
+
+    runs = tmp_path / "runs.txt"
+    prompts = write_prompts(tmp_path / "p.jsonl", 4)
+    path = tmp_path / "exp.yaml"
+    batch = {"transport": "command", "command": command("--count", str(runs)), "poll_interval": 0.02,
+             "workdir": str(tmp_path / "work")}
+    path.write_text(yaml.safe_dump({
+        "name": "t", "task": "qa_feedback", "cache": str(tmp_path / "c.sqlite"),
+        "generator": {"model": MODEL, "batch": batch, "price_in": 2.0, "price_out": 2.0},
+        "generation": {"quality_check": False},
+        "data": {"prompts": "p.jsonl", "test": "t.jsonl", "real_train": "r.jsonl"}}))
+    gcfg = generate_config(load_config(path), Variant("rmboost", "rmboost"), prompts, tmp_path / "run")
+    first = run(generate_variant(replace(gcfg, limit=2), Console(quiet=True), None, None))
+    commands_before = runs.read_text().count("\n")
+    record = run(generate_variant(gcfg, Console(quiet=True), None, None))
+    summary = json.loads((Path(gcfg.output).parent / "pairs.summary.json").read_text())
+    assert first["pairs"] == 2 and record["pairs"] == 4
+    assert summary["replayed_from_cache"] is True and summary["pairs_total"] == 4
+    assert summary["batch"]["rounds"] >= 2  # the second run's own rounds (y1, y2 for the other two prompts)
+    # The replay found every answer (it would have failed those pairs otherwise) and sent nothing.
+    assert runs.read_text().count("\n") == commands_before + summary["batch"]["batches_created"]
+    tokens = record["tokens_in"] + record["tokens_out"]
+    assert tokens > 0 and record["cost_usd"] == pytest.approx(tokens * 1.0 / 1e6)  # half of $2 per million
 
 
 # --------------------------------------------------------------------------- the openai transport
@@ -145,7 +234,7 @@ def test_experiment_generator_batch_setting_reaches_generation(tmp_path: Path):
 def test_batch_pairs_equal_online_pairs_and_nothing_is_paid_twice(tmp_path: Path):
     """Several polls per batch, resamples with fresh seeds, the judge filter: the same pairs as online."""
     with batch_server(tmp_path / "server", polls=3, api_key=SECRET) as server:
-        online = run(run_generate(config(tmp_path, server, "online", batch=None, filter=True)))
+        online = run(run_generate(config(tmp_path, server, "online", batch=ONLINE, filter=True)))
         chat_requests = server.counters()["chat_requests"]
         batch = run(run_generate(config(tmp_path, server, "batch", batch=FAST_POLLS, filter=True)))
         counters = server.counters()
@@ -271,8 +360,8 @@ def command(*extra: str) -> str:
 def test_command_transport_end_to_end_then_filter(tmp_path: Path):
     """rmboost generate and rmboost filter through a command that answers a request file."""
     with batch_server(tmp_path / "server") as server:  # only for the online reference run
-        online = run(run_generate(config(tmp_path, server, "online", batch=None)))
-    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work",
+        online = run(run_generate(config(tmp_path, server, "online", batch=ONLINE)))
+    opts = BatchOptions(enabled=True, transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work",
                         max_requests=4)  # a round of 6 requests goes out as two batch files
     cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "cmd" / "pairs.jsonl",
                          backend=BackendOptions(model=MODEL), cache=tmp_path / "cmd.sqlite", show_progress=False,
@@ -300,7 +389,7 @@ def test_command_transport_end_to_end_then_filter(tmp_path: Path):
 
 def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path):
     write_prompts(tmp_path / "prompts.jsonl", 6)
-    opts = BatchOptions(transport="command", command=command("--fail-after 2"), poll_interval=0.02,
+    opts = BatchOptions(enabled=True, transport="command", command=command("--fail-after 2"), poll_interval=0.02,
                         workdir=tmp_path / "work")
     cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "pairs.jsonl",
                          backend=BackendOptions(model=MODEL), cache=tmp_path / "c.sqlite", show_progress=False,
@@ -310,8 +399,7 @@ def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path)
     with pytest.raises(FatalLLMError, match="exited with status 3"):
         run(run_generate(cfg))
     # The two answers it wrote are in the cache: the next run (a working command) sends only the rest.
-    fixed = _with(opts, command=command())
-    summary = run(run_generate(GenerateConfig(**{**vars(cfg), "batch": fixed})))
+    summary = run(run_generate(replace(cfg, batch=replace(opts, command=command()))))
     assert summary.pairs_total == 6
     assert summary.usage["y1"]["cache_hits"] == 2  # written by the failed run, read then, not asked again
 
@@ -389,7 +477,7 @@ def test_baselines_in_batch_mode_ask_independent_requests_in_one_round(tmp_path:
     from rich.console import Console
 
     write_prompts(tmp_path / "prompts.jsonl", 4)
-    opts = BatchOptions(transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work")
+    opts = BatchOptions(enabled=True, transport="command", command=command(), poll_interval=0.02, workdir=tmp_path / "work")
     cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "pairs.jsonl",
                          method=method, n=3, backend=BackendOptions(model=MODEL), cache=tmp_path / "c.sqlite",
                          show_progress=False, batch=opts)

@@ -20,55 +20,62 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rmboost.llm.batch_command import CommandBatchTransport
-from rmboost.llm.batch_format import completion_from_body, line_for_record, parse_result_line
+from rmboost.llm.batch_format import line_for_record, params_of, parse_result_line
 from rmboost.llm.batch_openai import OpenAIBatchTransport
 from rmboost.llm.batch_store import BatchRecord, BatchStore, BatchTransport, target_text
 from rmboost.llm.cache import RequestCache
+from rmboost.llm.chat_format import completion_from_body
 from rmboost.llm.types import Completion, FatalLLMError, LLMError
+from rmboost.options import OptionError, at_least, option
 
 TRANSPORTS = ("openai", "command")
 
 
+def _discount(value: float) -> str | None:
+    return None if 0 <= value <= 1 else f"must be between 0 and 1, got {value}"
+
+
 @dataclass
 class BatchOptions:
-    """How batch mode sends rounds (the `--batch-*` options)."""
+    """Batch mode: `generate`'s and `filter`'s `--batch*` flags and an experiment's `generator.batch`."""
 
-    transport: str = "openai"  # openai: the endpoint's Files + Batches API; command: a local command
-    command: str | None = None  # command transport: a shell command with {input} and {output}
-    completion_window: str = "24h"
-    max_requests: int = 50_000  # per batch file (OpenAI's limit)
-    max_bytes: int = 190_000_000  # per batch file (OpenAI allows 200 MB)
-    poll_interval: float = 5.0  # seconds before the first status check; grows 1.5x per check
-    poll_max: float = 300.0  # the longest wait between two checks
-    rows: int = 0  # prompts in flight at once (0: all); each round holds about one request per row
-    discount: float = 0.5  # batch price = online price x (1 - discount), unless priced explicitly
-    price_in: float | None = None  # dollars per million input tokens in a batch
-    price_out: float | None = None
-    workdir: Path | None = None  # batch files; default: beside the cache
+    enabled: bool = option(False, flags=("--batch",), help=(
+        "Send uncached requests as batches, round by round (half price on OpenAI-style batch APIs; "
+        "vLLM's offline runner with --batch-transport command)."))
+    transport: str = option("openai", choices=TRANSPORTS, noun="batch transport", help=(
+        "openai (the endpoint's Files + Batches API) or command (run --batch-command on each batch file)."))
+    command: str | None = option(None, help=(
+        "command transport: shell command with {input} and {output}, e.g. "
+        "'python -m vllm.entrypoints.openai.run_batch -i {input} -o {output} --model M'."))
+    completion_window: str = option("24h", flags=("--window",), help="openai transport: completion window.")
+    max_requests: int = option(50_000, check=at_least(1),  # OpenAI's limit
+                               help="Requests per batch file (a round is split above it).")
+    max_bytes: int = option(190_000_000, check=at_least(1),  # OpenAI allows 200 MB
+                            help="Bytes per batch file (a round is split above it).")
+    poll_interval: float = option(5.0, flags=("--poll",),
+                                  help="Seconds before the first status check (grows 1.5x per check).")
+    poll_max: float = option(300.0, help="Longest wait between two status checks, in seconds.")
+    rows: int = option(0, check=at_least(0), help=(
+        "Prompts in flight in batch mode (0: all); a round holds about one request per prompt."))
+    workdir: Path | None = option(None, flags=("--dir",), help=(
+        "Folder for batch files (default: beside the cache); the command transport's command must see it."))
+    discount: float = option(0.5, check=_discount,
+                             help="Cost estimate: batch price = online price x (1 - discount).")
+    price_in: float | None = option(None, help="Batch price per million input tokens (instead of the discount).")
+    price_out: float | None = option(None, help="Batch price per million output tokens (instead of the discount).")
 
     def __post_init__(self) -> None:
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"unknown batch transport {self.transport!r} (use {' or '.join(TRANSPORTS)})")
-        if self.transport == "command" and not self.command:
-            raise ValueError("--batch-transport command needs --batch-command '... {input} ... {output}'")
-        if self.max_requests < 1 or self.max_bytes < 1:
-            raise ValueError("--batch-max-requests and --batch-max-bytes must be positive")
-        if not 0 <= self.discount <= 1:
-            raise ValueError(f"--batch-discount {self.discount} must be between 0 and 1")
+        if self.enabled and self.transport == "command" and not self.command:
+            raise OptionError("--batch-transport command needs --batch-command '... {input} ... {output}'")
 
-    def prices(self, price_in: float | None, price_out: float | None) -> tuple[float | None, float | None]:
-        """Batch prices per million tokens: explicit ones, else the online ones with the discount."""
-        def one(explicit: float | None, online: float | None) -> float | None:
-            if explicit is not None:
-                return explicit
-            return None if online is None else online * (1 - self.discount)
 
-        return one(self.price_in, price_in), one(self.price_out, price_out)
+BATCH_PRICING = ("discount", "price_in", "price_out")  # only where a cost is estimated (generate)
+BATCH_SENDING = tuple(f.name for f in fields(BatchOptions) if f.name not in BATCH_PRICING)
 
 
 @dataclass
@@ -304,8 +311,9 @@ class BatchRunner:
                 continue  # not one of this batch's requests
             if result.body is not None:
                 try:
-                    completion = completion_from_body(result.body, request)
-                except (KeyError, IndexError, TypeError, ValueError) as exc:
+                    completion = completion_from_body(result.body, request["messages"], params_of(request),
+                                                      request["backend"].get("model", ""))
+                except (KeyError, IndexError, TypeError, ValueError, LLMError) as exc:
                     errors[result.key] = ("bad_response", f"unreadable batch answer ({exc})", False)
                     self.store.set_outcome(record.id, result.key, "error: bad_response")
                     continue

@@ -18,10 +18,13 @@ import shlex
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rmboost.llm.batch_store import BatchRecord, BatchStore, Poll
 from rmboost.llm.types import Completion, FatalLLMError, Message, SamplingParams
+
+if TYPE_CHECKING:
+    from rmboost.backends import BackendOptions
 
 
 class CommandBackend:
@@ -43,6 +46,13 @@ class CommandBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def command_backend(options: BackendOptions) -> CommandBackend:
+    """The command transport has no endpoint: the model it serves is all the cache keys can name."""
+    if not options.model:
+        raise ValueError("--batch-transport command needs --model: the model name the command serves")
+    return CommandBackend(options.model)
 
 
 class CommandBatchTransport:

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rmboost.llm.types import Completion, Message, SamplingParams
+from rmboost.llm.chat_format import chat_body
+from rmboost.llm.types import SamplingParams
 
 CHAT_ENDPOINT = "/v1/chat/completions"
 
@@ -21,40 +22,19 @@ RETRYABLE_CODES = {"batch_expired", "batch_cancelled", "request_timeout", "rate_
                    "server_error", "batch_unfinished"}
 
 
-def prefill_of(messages: list[Message]) -> str:
-    """A final assistant message is a prefill: the model continues it, the answer starts with it."""
-    return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-
-
-def chat_body(model: str, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
-    """The chat completion request for one rmboost request (the same fields the online backend sends)."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-    }
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.logprobs:
-        body.update(logprobs=True, top_logprobs=params.logprobs)
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if prefill_of(messages):  # vLLM continues the final assistant message when asked to
-        body.update(continue_final_message=True, add_generation_prompt=False)
-    return body
-
-
 def request_line(custom_id: str, body: dict[str, Any]) -> str:
     line = {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body}
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
+def params_of(record: dict[str, Any]) -> SamplingParams:
+    """The sampling parameters of a request as the cache records it."""
+    return SamplingParams(**{**record["params"], "stop": tuple(record["params"].get("stop") or ())})
+
+
 def line_for_record(key: str, record: dict[str, Any]) -> str:
     """The input line for a request as the cache records it (backend identity, messages, params)."""
-    params = SamplingParams(**{**record["params"], "stop": tuple(record["params"].get("stop") or ())})
-    return request_line(key, chat_body(record["backend"]["model"], record["messages"], params))
+    return request_line(key, chat_body(record["backend"]["model"], record["messages"], params_of(record)))
 
 
 @dataclass
@@ -98,21 +78,3 @@ def _error_of(error: Any, body: Any) -> tuple[str, str]:
         if isinstance(candidate, str) and candidate:
             return "", " ".join(candidate.split())[:300]
     return "", ""
-
-
-def completion_from_body(body: dict[str, Any], record: dict[str, Any]) -> Completion:
-    """A Completion from a chat completion body, for the request recorded in `record`."""
-    choice = body["choices"][0]
-    usage = body.get("usage") or {}
-    message = choice.get("message") or {}
-    logprobs = None
-    if record["params"].get("logprobs") and isinstance(choice.get("logprobs"), dict):
-        logprobs = choice["logprobs"].get("content") or None
-    return Completion(
-        text=prefill_of(record["messages"]) + (message.get("content") or ""),
-        tokens_in=int(usage.get("prompt_tokens") or 0),
-        tokens_out=int(usage.get("completion_tokens") or 0),
-        model=body.get("model") or record["backend"].get("model", ""),
-        finish_reason=choice.get("finish_reason"),
-        logprobs=logprobs,
-    )
