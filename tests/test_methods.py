@@ -112,7 +112,9 @@ def test_unparseable_judge_is_a_failure_with_reason():
     with pytest.raises(StepFailed) as info:
         run(Judge(ctx).compare(ROW, "a", "b"))
     assert info.value.reason == "refusal"
-    assert len(backend.calls) == 1  # greedy: resampling would only repeat itself
+    # Both orders are asked at once (one batch round); greedy, neither is resampled (it would repeat).
+    assert len(backend.calls) == 2
+    assert len({c[1].seed for c in backend.calls}) == 2
 
 
 def test_logprob_judge_averages_both_orders():

@@ -16,6 +16,7 @@ from rmboost.cli_support import USER_ERRORS, err, out
 from rmboost.cli_support import fail as _fail
 from rmboost.generate import GenerateConfig
 from rmboost.llm.accounting import step_totals
+from rmboost.llm.batch import BATCH_SENDING, BatchOptions
 from rmboost.methods.judge import CONNECTION, JudgeOptions
 from rmboost.options import group, option
 
@@ -84,8 +85,13 @@ def print_summary(summary: object) -> None:
         )
     if s.filter_rate is not None:
         err.print(f"filter: removed {s.filtered} pairs ({s.filter_rate:.0%} of those judged)", highlight=False)
+    if s.batch:
+        b = s.batch
+        err.print(f"batch: {b['rounds']} rounds, {b['batches_created']} batches created, "
+                  f"{b['batches_attached']} re-attached, {b['waited_seconds']:.0f}s waited", highlight=False)
     if s.cost_usd:
-        err.print(f"estimated cost: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
+        priced = " at batch prices" if s.batch else ""
+        err.print(f"estimated cost{priced}: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
     err.print(f"failures: {s.failures_file}", highlight=False)
     out.print(f"pairs written to {s.output}", highlight=False)
 
@@ -107,6 +113,7 @@ class FilterOptions:
     concurrency: int = option(1, help="Judge requests in flight.")
     seed: int = option(0)
     cache: Path | None = option(None, help="Request cache (SQLite).")
+    batch: BatchOptions = group(BatchOptions, prefix="batch_", only=BATCH_SENDING)  # no cost estimate here
 
 
 @app.command("filter")
@@ -120,7 +127,8 @@ def filter_command(opts: FilterOptions) -> None:
         judge = replace(opts.judge, **{k: getattr(opts.backend, k) for k in CONNECTION})
         summary = asyncio.run(run_filter(opts.pairs, opts.output, opts.task, judge, seed=opts.seed,
                                          cache_path=opts.cache or default_cache_path(),
-                                         concurrency=opts.concurrency))
+                                         concurrency=opts.concurrency, batch=opts.batch,
+                                         report=lambda m: err.print(m, highlight=False)))
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     err.print(

@@ -24,6 +24,8 @@ from rmboost.data.messages import to_conversational
 from rmboost.data.pairs import FailureLog, PairWriter, read_jsonl_tolerant, sidecar
 from rmboost.llm import LLM, Backend, SamplingParams
 from rmboost.llm.accounting import estimate_cost
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import command_backend
 from rmboost.llm.cache import RequestCache, default_cache_path
 from rmboost.methods.common import MethodContext, MethodSettings, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
@@ -105,6 +107,7 @@ class GenerateConfig:
     judge: JudgeOptions = group(JudgeOptions, prefix="judge_")  # rlaif, west-of-n's judge scorer, --filter
     price_in: float | None = option(None, help="Price per million input tokens (cost estimate).")
     price_out: float | None = option(None, help="Price per million output tokens (cost estimate).")
+    batch: BatchOptions = group(BatchOptions, prefix="batch_")  # rounds of batches (rmboost.llm.batch)
 
 
 @dataclass
@@ -129,6 +132,7 @@ class GenerateSummary:
     cache_hits: int
     wall_seconds: float
     labels: dict[str, int]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches created / re-attached, time waited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -197,6 +201,8 @@ async def run_generate(
     console = console or Console(stderr=True)
     started = time.monotonic()
     validate(cfg)  # the declared choices and checks, for callers that did not come through the CLI
+    if cfg.batch.enabled and not cfg.use_cache:
+        raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
     task = load_task(cfg.task)
     rows = load_prompt_rows(cfg)
     if cfg.limit is not None:
@@ -215,13 +221,21 @@ async def run_generate(
     resumed = len(writer.done_ids & {r["id"] for r in rows})
     todo = [r for r in rows if r["id"] not in finished]
 
-    backend = backend or make_backend(cfg.backend)
+    batch = cfg.batch.enabled
+    backend, judge_backend = job_backends(cfg, backend, judge_backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
     judge: Judge | None = None
     if needs_judge(cfg):
         judge = make_judge(cfg.judge, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend,
                            generator=cfg.backend)
+    runner = None
+    if batch:
+        assert cache is not None
+        runner = BatchRunner(cache, cfg.batch, cfg.max_attempts, report=lambda m: console.print(m, highlight=False))
+        runner.attach(llm, cfg.backend)
+        if judge is not None:
+            runner.attach(judge.ctx.llm, cfg.judge.connection(cfg.backend))
     ctx = MethodContext(
         llm=llm,
         task=task,
@@ -237,7 +251,12 @@ async def run_generate(
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress)
+    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress,
+                           extra=runner.status_line if runner else None)
+    if runner is not None:
+        runner.on_update = progress.refresh
+    # Batch mode: many prompts in flight, so that a round holds many requests.
+    width = (cfg.batch.rows or len(todo)) if batch else cfg.concurrency
     try:
         if todo:
             await backend.check()
@@ -277,7 +296,7 @@ async def run_generate(
                 await one(queue.get_nowait())
 
         with progress:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, cfg.concurrency))]
+            workers = [asyncio.create_task(worker()) for _ in range(max(1, width))]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -290,6 +309,8 @@ async def run_generate(
         writer.close()
         failures.close()
         removed.close()
+        if runner is not None:
+            await runner.aclose()
         await backend.aclose()
         if judge is not None:
             await judge.ctx.llm.backend.aclose()
@@ -315,14 +336,28 @@ async def run_generate(
         filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
         judge_usage=judge_usage,
-        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out),
+        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out, cfg.batch),
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
+        batch=runner.summary() if runner is not None else None,
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
+
+
+def job_backends(
+    cfg: GenerateConfig, backend: Backend | None = None, judge_backend: Backend | None = None
+) -> tuple[Backend, Backend | None]:
+    """The generator's backend (given, else built from the options) and the judge's (given, else
+    None: make_judge builds it). The command batch transport has no endpoint: its backends name
+    the served model only, for the generator and the judge alike."""
+    if cfg.batch.enabled and cfg.batch.transport == "command":
+        backend = backend or command_backend(cfg.backend)
+        if needs_judge(cfg):
+            judge_backend = judge_backend or command_backend(cfg.judge.connection(cfg.backend))
+    return backend or make_backend(cfg.backend), judge_backend
 
 
 def _ids_in(path: Path) -> set[str]:

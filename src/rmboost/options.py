@@ -7,7 +7,8 @@ BackendOptions, ...), declared with `option()`. From those fields:
 - `command(Config)` makes the Typer command: one flag (or argument) per field, in field order,
   and the decorated function receives a built, checked `Config`. A field whose type is itself a
   dataclass declared with `group()` becomes that dataclass's flags, optionally with a prefix
-  (`judge_` makes `JudgeOptions.mode` the flag `--judge-mode`).
+  (`judge_` makes `JudgeOptions.mode` the flag `--judge-mode`); a field whose declared flag is
+  the prefix itself is the group's switch (`BatchOptions.enabled` is `--batch`).
 - `load()` / `check_settings()` check a YAML mapping against the same fields: unknown keys (with
   a did-you-mean hint), types and choices, each error naming the key path.
 
@@ -286,6 +287,8 @@ def load(cls: type[T], data: Any, where: str) -> T:
         setting = known[key]
         if dataclasses.is_dataclass(setting.type) and isinstance(value, dict):  # a group: its defaults first
             values[key] = load(setting.type, {**setting.spec.defaults, **value}, f"{where}.{key}" if where else key)
+        elif isinstance(value, str) and Path in _members(setting.type):  # YAML has no paths, only strings
+            values[key] = Path(value)
     return cls(**values)
 
 
@@ -312,15 +315,22 @@ class _Group:
 
 
 def _flags(flags: tuple[str, ...], prefix: str) -> tuple[str, ...]:
+    """A group's flags under its prefix; a flag that already names the prefix (`--batch` in the
+    `batch_` group: the group's on/off switch) is kept as declared."""
     if not prefix:
         return flags
     dashed = prefix.replace("_", "-")
+
+    def prefixed(name: str) -> str:
+        if name == "--" + dashed.rstrip("-") or name.startswith("--" + dashed):
+            return name
+        return f"--no-{dashed}{name[5:]}" if name.startswith("--no-") else f"--{dashed}{name[2:]}"
+
     out = []
     for decl in flags:
         names = [n for n in decl.split("/") if n.startswith("--")]  # short flags do not carry over
         if names:
-            out.append("/".join(f"--no-{dashed}{n[5:]}" if n.startswith("--no-") else f"--{dashed}{n[2:]}"
-                                for n in names))
+            out.append("/".join(prefixed(n) for n in names))
     return tuple(out)
 
 

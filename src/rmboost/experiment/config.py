@@ -3,9 +3,9 @@
 Unknown keys, wrong types and values outside a setting's choices fail before any work, named by
 their path (`rm.epoch: unknown setting (did you mean 'epochs'?)`). The sections are the options
 dataclasses the settings feed (rmboost.options): `judge` is JudgeOptions, `generation` takes
-GenerateConfig's declarations, `generator` is BackendOptions plus GenerateConfig's sampling, `rm`
-is TrainRMConfig; so every default is declared once, where `rmboost generate` and
-`rmboost train-rm` read it too.
+GenerateConfig's declarations, `generator` is BackendOptions plus GenerateConfig's sampling and
+batch mode (`batch: true`, or a mapping of BatchOptions settings), `rm` is TrainRMConfig; so every
+default is declared once, where `rmboost generate` and `rmboost train-rm` read it too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import yaml
 from rmboost import options
 from rmboost.backends import BackendOptions
 from rmboost.generate import GenerateConfig
+from rmboost.llm.batch import BatchOptions
 from rmboost.methods.judge import JudgeOptions
 from rmboost.options import OptionError, Setting, option, reuse
 from rmboost.runfolder import REAL, Variant
@@ -99,8 +100,9 @@ class ExperimentConfig:
 
 SECTIONS = {"data": DataSection, "judge": JudgeOptions, "generation": GenerationSection, "analysis": AnalysisSection}
 # `generator` and `rm` stay mappings of the settings given, checked against the dataclasses they
-# feed, so that those dataclasses' defaults apply.
-GENERATOR_SAMPLING = ("concurrency", "temperature", "top_p", "max_tokens", "price_in", "price_out")
+# feed, so that those dataclasses' defaults apply. The generator's GenerateConfig settings (the
+# rest are BackendOptions): sampling, prices and batch mode.
+GENERATOR_SAMPLING = ("concurrency", "temperature", "top_p", "max_tokens", "price_in", "price_out", "batch")
 RM_PER_CELL = ("train", "output", "seed", "validation", "show_progress", "extra")  # set by the grid
 
 
@@ -112,6 +114,30 @@ class RMExtras:
 def generator_fields() -> dict[str, Setting]:
     return {**options.settings(BackendOptions, surface="yaml"),
             **options.settings(GenerateConfig, only=GENERATOR_SAMPLING)}
+
+
+def batch_setting(value: Any, where: str = "generator.batch") -> BatchOptions:
+    """`batch: true` (or false), or a mapping of BatchOptions settings, which turns batch mode on."""
+    if value is None or isinstance(value, bool):
+        return BatchOptions(enabled=bool(value))
+    if isinstance(value, dict):
+        value = {"enabled": True, **value}
+    try:
+        return options.load(BatchOptions, value, where)
+    except OptionError as exc:
+        raise OptionError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
+
+
+def generator_section(data: Any) -> dict[str, Any]:
+    """The `generator` mapping, checked; its `batch` setting as BatchOptions."""
+    known = generator_fields()
+    section = options.check_settings(data, known, "generator", deep=False)
+    for key, value in section.items():
+        if key == "batch":
+            section[key] = batch_setting(value)
+        else:
+            options.check_value(value, known[key], f"generator.{key}")
+    return section
 
 
 def rm_fields() -> dict[str, Setting]:
@@ -127,7 +153,7 @@ def _load(data: Any) -> ExperimentConfig:
         if key in SECTIONS:
             values[key] = options.load(SECTIONS[key], value, key)
         elif key == "generator":
-            values[key] = options.check_settings(value, generator_fields(), key)
+            values[key] = generator_section(value)
         elif key == "rm":
             values[key] = options.check_settings(value, rm_fields(), key)
         else:

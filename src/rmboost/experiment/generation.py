@@ -18,9 +18,9 @@ from rich.console import Console
 from rmboost.backends import BackendOptions, make_backend
 from rmboost.data.pairs import sidecar
 from rmboost.experiment.config import GENERATOR_SAMPLING, ConfigError, ExperimentConfig
-from rmboost.generate import GenerateConfig, run_generate
+from rmboost.generate import GenerateConfig, job_backends, needs_judge, run_generate
 from rmboost.llm import Backend
-from rmboost.llm.accounting import usage_totals
+from rmboost.llm.accounting import estimate_cost, usage_totals
 from rmboost.llm.replay import CacheOnly
 from rmboost.methods.judge import CONNECTION
 from rmboost.runfolder import RunFolder, Variant, count_rows
@@ -55,7 +55,8 @@ def generate_config(cfg: ExperimentConfig, variant: Variant, prompts: Path, run:
 
 def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
     """What makes a variant's pairs what they are; not where they go, nor how fast or how many."""
-    skip = {"output", "input", "limit", "concurrency", "show_progress", "cache", "use_cache", "price_in", "price_out"}
+    skip = {"output", "input", "limit", "concurrency", "show_progress", "cache", "use_cache", "price_in", "price_out",
+            "batch"}  # online or in batches, the same requests get the same answers
     ident = {k: v for k, v in asdict(gcfg).items() if k not in skip}
     judge = gcfg.judge  # as before JudgeOptions had connection fields: its own backend, or None
     ident["judge"] = {"backend": asdict(judge.connection(gcfg.backend)) if judge.own_connection() else None,
@@ -93,11 +94,16 @@ async def generate_variant(
     full = summary
     if summary.resumed and gcfg.use_cache:
         with tempfile.TemporaryDirectory() as scratch:
-            replay = replace(gcfg, output=Path(scratch) / "pairs.jsonl")
-            full = await run_generate(
-                replay, console, backend=CacheOnly(backend or make_backend(gcfg.backend)),
-                judge_backend=CacheOnly(judge_backend or make_backend(gcfg.judge.connection(gcfg.backend))),
-            )
+            # Online and cache-only: no request leaves, so neither does a batch.
+            replay = replace(gcfg, output=Path(scratch) / "pairs.jsonl", batch=replace(gcfg.batch, enabled=False))
+            real, real_judge = job_backends(gcfg, backend, judge_backend)  # the job's cache keys
+            if needs_judge(gcfg):
+                real_judge = real_judge or make_backend(gcfg.judge.connection(gcfg.backend))
+            full = await run_generate(replay, console, backend=CacheOnly(real),
+                                      judge_backend=CacheOnly(real_judge) if real_judge else None)
+        # ... but the job's tokens were bought at its prices (batch prices in batch mode).
+        full = replace(full, batch=summary.batch, cost_usd=estimate_cost(
+            [full.usage, full.judge_usage], gcfg.price_in, gcfg.price_out, gcfg.batch))
         # The variant's summary then describes the whole job, as an uninterrupted run's would.
         record_summary = {**asdict(full), "output": summary.output, "failures_file": summary.failures_file,
                           "replayed_from_cache": True}

@@ -12,6 +12,7 @@ OpenAI-compatible servers do).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -111,8 +112,8 @@ class Judge:
     margin: float = 0.0  # logprobs: |P(a) - 0.5| must exceed this for a label
 
     async def compare(self, row: dict[str, Any], a: str, b: str, *, step: str = "judge") -> PairVerdict:
-        ab = await self._once(row, a, b, step, "ab")
-        ba = await self._once(row, b, a, step, "ba")
+        # Both orders at once: one batch round rather than two (the results do not depend on order).
+        ab, ba = await asyncio.gather(self._once(row, a, b, step, "ab"), self._once(row, b, a, step, "ba"))
         completions = [*ab[1], *ba[1]]
         v1, v2 = ab[0], ba[0]
         if self.mode == "logprobs":
