@@ -381,38 +381,70 @@ def check_variants(run: Path, results: dict[str, Any], refs: dict[str, str]) -> 
         assert syn["status"] == ("ok" if pairs else "no_data")
 
 
-@pytest.mark.llm
 @pytest.mark.train
-@pytest.mark.slow
-def test_grid_slice_on_the_embedded_models(tmp_path, tiny_data):
-    """Where the real model is the point: its answers become pairs, its log-probabilities judge
-    (RLAIF) and score beta (RLCD), and an uninterrupted re-run over the same answers is identical."""
+def test_beta_is_scored_for_rewrites_and_contrasts_only(tmp_path, tiny_data, tiny_bert, scripted):
+    """With a backend that gives log-probabilities, beta is scored for RMBoost and RLCD pairs, and
+    RLAIF's pairs, sampled from Pr(y|x) itself, have nothing to score."""
     from rich.console import Console
 
     from rmboost.experiment import run_experiment
 
-    config = tiny_config(tmp_path / "real.yaml", tiny_data, methods=["rlcd", "rlaif"], ablations=[],
-                         settings=["syn"], analysis={"beta_limit": 1, "report": False})
+    class WithLogprobs(scripted):
+        async def continuation_logprob(self, messages, text):
+            # made up but deterministic: a longer prompt makes the text a little less likely
+            return -len(text) / 10 - len(messages[-2]["content"]) / 1000, len(text.split())
+
+    model = ScriptedModel()
+    model.release()
+    backend = WithLogprobs(lambda messages, params: model.reply({"messages": messages, "seed": params.seed}))
+    config = tiny_config(tmp_path / "beta.yaml", tiny_data, methods=["rmboost", "rlcd", "rlaif"], ablations=[],
+                         settings=["syn"], judge={"mode": "text"}, analysis={"beta_limit": 2, "report": False},
+                         rm={"backbone": str(tiny_bert), "prompt_field": "none", "max_length": 64, "max_steps": 1})
+    run = tmp_path / "run"
+    results = asyncio.run(run_experiment(config, out=run, console=Console(file=io.StringIO()), backend=backend,
+                                         judge_backend=backend))
+    assert {v: g["pairs"] for v, g in results["generation"].items()} == {"rmboost": 2, "rlcd": 2, "rlaif": 2}
+    for variant in ("rmboost", "rlcd"):
+        beta = read_jsonl(run / "gen" / variant / "beta.jsonl")
+        assert [b["id"] for b in beta] == [p["id"] for p in read_jsonl(run / "gen" / variant / "pairs.jsonl")]
+        for b in beta:
+            assert b["tokens"] > 0 and b["log_beta"] != 0
+            assert b["log_beta"] == pytest.approx(b["logp_conditional"] - b["logp_unconditional"])
+    assert not (run / "gen" / "rlaif" / "beta.jsonl").exists()  # sampled from Pr(y|x): nothing to score
+    scored = {e["variant"]: e["scored"] for e in log_events(run) if e["stage"] == "beta"}
+    assert scored == {"rmboost": 2, "rlcd": 2}
+
+
+@pytest.mark.llm
+@pytest.mark.train
+@pytest.mark.slow
+def test_grid_slice_on_the_embedded_models(tmp_path, tiny_data):
+    """Where the real models are the point: SmolLM2's answers become RLCD pairs, its
+    log-probabilities score beta, MiniLM reward models train on the pairs, and an uninterrupted
+    re-run over the same answers repeats pairs, beta and results exactly."""
+    from rich.console import Console
+
+    from rmboost.experiment import run_experiment
+
+    config = tiny_config(tmp_path / "real.yaml", tiny_data, methods=["rlcd"], ablations=[], settings=["syn"],
+                         analysis={"beta_limit": 1, "report": False})
     quiet = Console(file=io.StringIO())
     results = asyncio.run(run_experiment(config, out=tmp_path / "run", console=quiet))
     run = tmp_path / "run"
-    assert results["generator"]["backend"] == "llamacpp" and results["generator"]["model"]
-    assert results["judge"]["mode"] == "logprobs" and len(results["cells"]) == 2
-    assert {c["status"] for c in results["cells"]} <= {"ok", "no_data"}
+    assert results["generator"] == {"backend": "llamacpp", "model": "SmolLM2-135M-Instruct"}
     check_variants(run, results, {})
     assert results["generation"]["rlcd"]["pairs"] > 0
+    assert [c["status"] for c in results["cells"]] == ["ok"]
     beta = read_jsonl(run / "gen" / "rlcd" / "beta.jsonl")
     assert len(beta) == 1 and beta[0]["tokens"] > 0
     assert beta[0]["log_beta"] == pytest.approx(beta[0]["logp_conditional"] - beta[0]["logp_unconditional"])
-    assert not (run / "gen" / "rlaif" / "beta.jsonl").exists()  # sampled from Pr(y|x): nothing to score
 
-    # The same config into a fresh folder: every answer and beta term from the cache, same files.
+    # The same config into a fresh folder: every answer from the cache, beta scored again, same files.
     again = asyncio.run(run_experiment(config, out=tmp_path / "fresh", console=quiet))
     assert all(e.get("calls", 0) == 0 for e in log_events(tmp_path / "fresh"))
-    for v in results["variants"]:
-        for name in ("pairs.jsonl", "beta.jsonl"):
-            a, b = run / "gen" / v["name"] / name, tmp_path / "fresh" / "gen" / v["name"] / name
-            assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), (v, name)
+    for name in ("pairs.jsonl", "beta.jsonl"):
+        a, b = run / "gen" / "rlcd" / name, tmp_path / "fresh" / "gen" / "rlcd" / name
+        assert a.read_bytes() == b.read_bytes(), name
     assert again["cells"] == results["cells"] and again["table"] == results["table"]
 
 
