@@ -27,6 +27,7 @@ import yaml
 from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
+from rmboost.comparisons import compare_run, format_comparisons
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import read_rows
 from rmboost.data.pairs import atomic_write_jsonl, read_jsonl_tolerant, sidecar
@@ -666,6 +667,8 @@ def format_table(results: dict[str, Any]) -> str:
         text.append(f"baselines: longer-wins {lw['accuracy'] * 100:.1f} "
                     f"[{lw['ci'][0] * 100:.1f}, {lw['ci'][1] * 100:.1f}], coin 50.0; "
                     f"test: {results['test']['pairs']} pairs, {results['test']['groups']} questions")
+    if "comparisons" in results:
+        text.append(format_comparisons(results))
     return "\n".join(text)
 
 
@@ -742,6 +745,8 @@ async def run_experiment(
     def save() -> None:
         results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         results["table"] = summarize_table(results["cells"], run, paths["test"])
+        results.update(compare_run(results["cells"], run, paths["test"], results["settings"],
+                                   [v["name"] for v in results["variants"]], results["seeds"]))
         tmp = run / "results.json.tmp"
         tmp.write_text(json.dumps(results, indent=2) + "\n", "utf-8")
         tmp.replace(run / "results.json")

@@ -146,6 +146,8 @@ def dpo(
         raise typer.Exit(130) from None
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
+    if not s.get("main_process", True):  # `accelerate launch`: one summary, not one per process
+        return
     table = Table(title=f"rmboost dpo: {s['policy']} -> {s['output']}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")

@@ -376,6 +376,9 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
         summary["eval"] = {k.removeprefix("eval_"): v for k, v in metrics.items()
                            if k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
         summary["eval"]["rows"] = len(evald.rows)
+    summary["main_process"] = main  # the CLI prints on the main process only
+    summary["processes"] = state.num_processes
+    summary["per_device_batch"] = args.per_device_train_batch_size
     if main:
         cfg.output.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():

@@ -103,7 +103,8 @@ def train_rm(
         raise typer.Exit(130) from None
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    print_train_summary(summary)
+    if summary.get("main_process", True):  # `accelerate launch`: one summary, not one per process
+        print_train_summary(summary)
 
 
 def print_train_summary(s: dict[str, Any]) -> None:
@@ -131,8 +132,9 @@ def print_train_summary(s: dict[str, Any]) -> None:
 
 
 def eval_rm(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by train-rm.")],
-    test: Annotated[Path, typer.Option("--test", help="Held-out pair file.")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="Folder written by train-rm; give two to compare them, paired, on the same pairs.")],
+    test: Annotated[Path, typer.Option("--test", help="Held-out pair file (or a RewardBench file with --format).")],
+    format: Annotated[str, typer.Option("--format", help="pairs, rewardbench (v1: prompt/chosen/rejected/subset) or rewardbench2 (best-of-4 lists, Ties).")] = "pairs",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write all metrics as JSON here.")] = None,
     prompt_field: Annotated[str | None, typer.Option(help="Override the prompt field saved with the model.")] = None,
     max_length: Annotated[int | None, typer.Option(help="Override the max length saved with the model.")] = None,
@@ -147,13 +149,17 @@ def eval_rm(
     from rmboost.rm.evaluate import evaluate_scores
     from rmboost.rm.score import RewardScorer
 
+    if len(model) != 1 or format != "pairs":  # two models, or a benchmark's scoring (issue 13)
+        _eval_other(model, test, format, output, prompt_field, max_length, batch_size, resamples, seed, device)
+        return
+    path = model[0]
     try:
-        scorer = RewardScorer(model, device=device, batch_size=batch_size, max_length=max_length)
+        scorer = RewardScorer(path, device=device, batch_size=batch_size, max_length=max_length)
         pairs = read_pairs(test, prompt_field or scorer.prompt_field)
         chosen, rejected = scorer.score_pairs(pairs)
         metrics = evaluate_scores(pairs, chosen, rejected, resamples=resamples, seed=seed)
         metrics.update(
-            model=str(model),
+            model=str(path),
             test=str(test),
             prompt_field=prompt_field or scorer.prompt_field,
             max_length=scorer.max_length,
@@ -165,6 +171,30 @@ def eval_rm(
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     print_eval(metrics, show_groups)
+    if output is not None:
+        out.print(f"metrics written to {output}", highlight=False)
+
+
+def _eval_other(models: list[Path], test: Path, fmt: str, output: Path | None, prompt_field: str | None,
+                max_length: int | None, batch_size: int, resamples: int, seed: int, device: str | None) -> None:
+    from rmboost.rm.compare import compare_models, print_comparison
+    from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
+    from rmboost.rm.score import RewardScorer
+
+    try:
+        if fmt == "pairs":
+            result = compare_models(models, test, prompt_field, max_length, batch_size, resamples, seed, device)
+        elif len(models) != 1:
+            raise ValueError(f"--format {fmt} scores one --model at a time")
+        else:
+            scorer = RewardScorer(models[0], device=device, batch_size=batch_size, max_length=max_length)
+            result = {"model": str(models[0]), "test": str(test), **evaluate_benchmark(scorer, test, fmt)}
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+    except USER_ERRORS as exc:
+        raise _fail(str(exc)) from None
+    (print_comparison if fmt == "pairs" else print_benchmark)(result, out)
     if output is not None:
         out.print(f"metrics written to {output}", highlight=False)
 

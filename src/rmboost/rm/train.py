@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rmboost.distributed import per_device_batch
 from rmboost.rm.data import (
     Mixture,
     PairFormatter,
@@ -215,8 +216,9 @@ def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
         "output_dir": str(checkpoints),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": cfg.batch_size,
-        "per_device_eval_batch_size": cfg.batch_size,
+        # --batch-size is the global batch: the same on 1 or N processes (rmboost.distributed).
+        "per_device_train_batch_size": per_device_batch(cfg.batch_size),
+        "per_device_eval_batch_size": per_device_batch(cfg.batch_size),
         "gradient_accumulation_steps": cfg.grad_accum,
         "learning_rate": cfg.learning_rate,
         "lr_scheduler_type": cfg.lr_scheduler,
@@ -225,6 +227,7 @@ def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
         "data_seed": cfg.seed,
         "logging_steps": cfg.logging_steps,
         "report_to": "none",
+        "ddp_find_unused_parameters": False,  # every parameter gets a gradient; True costs a graph walk per step
     }
 
 
@@ -276,6 +279,7 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         quiet_transformers,
         resolve_backbone,
     )
+    from rmboost.rm.portable import make_portable
 
     settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
     state = PartialState(cpu=settings["use_cpu"])
@@ -360,8 +364,12 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
 
+    summary["main_process"] = main  # the CLI prints on the main process only
+    summary["processes"] = state.num_processes
+    summary["per_device_batch"] = args.per_device_train_batch_size
     if main:
         cfg.output.mkdir(parents=True, exist_ok=True)
+    make_portable(trainer.model)  # loads and scores the same with plain transformers
     with quiet_transformers():
         trainer.save_model(str(cfg.output))
     if has_val and main:
