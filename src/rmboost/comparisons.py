@@ -123,7 +123,7 @@ def format_comparisons(results: dict[str, Any]) -> str:
     names = [v["name"] for v in results.get("variants") or []]
     reference = REFERENCE if REFERENCE in names else (names[0] if names else None)
     lines = ["paired differences (points, row minus column; 95% CI from the same question bootstrap as the "
-             "cells; p: sign-flip permutation by question; * = interval excludes 0 = detected)"]
+             "cells; p: sign-flip permutation by question; * = interval excludes 0 = detected)"] if comparisons else []
     for setting in results.get("settings") or []:
         if setting == REAL or not any(c["setting"] == setting for c in comparisons):
             continue

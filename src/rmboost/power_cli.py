@@ -67,12 +67,12 @@ def power(
         table.add_column(col, justify="right")
     for row in result["rows"]:
         table.add_row(
-            f"{100 * row['difference']:g} points",
+            f"{100 * row['difference']:g} point{'' if round(100 * row['difference'], 9) == 1 else 's'}",
             "no number (seed noise too large)" if row["pairs"] is None else f"{row['pairs']:,}",
             "-" if row["questions"] is None else f"{row['questions']:,}",
             ("no number (test set too small)" if row["seeds_at_pairs"] is None else str(row["seeds_at_pairs"])) if pairs else "-",
         )
     out.print(table)
     if pairs:
-        out.print(f"with {pairs:,} pairs ({design.questions:,.0f} questions) and {seeds} seed(s): smallest detectable "
+        out.print(f"with {pairs:,} pairs ({questions or design.questions:,.0f} questions) and {seeds} seed(s): smallest detectable "
                   f"difference {100 * result['mdd']:.1f} points", highlight=False)

@@ -178,10 +178,12 @@ def eval_rm(
 def _eval_other(models: list[Path], test: Path, fmt: str, output: Path | None, prompt_field: str | None,
                 max_length: int | None, batch_size: int, resamples: int, seed: int, device: str | None) -> None:
     from rmboost.rm.compare import compare_models, print_comparison
-    from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
+    from rmboost.rm.rewardbench import FORMATS, evaluate_benchmark, print_benchmark
     from rmboost.rm.score import RewardScorer
 
     try:
+        if fmt not in FORMATS:
+            raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
         if fmt == "pairs":
             result = compare_models(models, test, prompt_field, max_length, batch_size, resamples, seed, device)
         elif len(models) != 1:
