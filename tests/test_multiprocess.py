@@ -116,7 +116,7 @@ def test_dpo_on_two_processes_matches_one(tmp_path, data):
 
     from rmboost.rm.backbones import resolve_backbone
 
-    args = ["dpo", "--train", str(data["train"]), "--max-length", "48", "--max-prompt-length", "24",
+    args = ["dpo", "--train", str(data["train"]), "--max-length", "64", "--max-prompt-length", "32",
             "--max-steps", "2", "--batch-size", "4", "--lr", "1e-4", "--logging-steps", "1", "--device", "cpu",
             "--no-progress", "--seed", "0"]
     one = run_one([*args, "--output", str(tmp_path / "one")])

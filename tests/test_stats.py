@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from rmboost.cli import app
 from rmboost.power import (
     Design,
+    describe_power,
     detectable_difference,
     independent_discordance,
     observed_power,
@@ -216,6 +217,11 @@ def test_observed_power_uses_the_runs_own_numbers():
     assert p["mdd_test_set"] == pytest.approx(z_total() * math.sqrt(v * (1 + 4 * max(rho, 0)) / 200))
     assert p["mdd"] > p["mdd_test_set"]
     assert observed_power([], [], unit, 40, [], 1) == {"available": False, "reason": "no finished reward model"}
+    # Two models that never disagree leave no spread of d: independent models like them stand in.
+    o = (rng.random(200) < 0.6).astype(float)
+    same = observed_power([o - o], [o, o], unit, 40, [], 1)
+    assert same["pair_variance"] == pytest.approx(2 * np.var(o, ddof=1)) and same["mdd_test_set"] > 0.05
+    assert "never disagreed" in describe_power(same)
 
 
 def test_power_command_plans_pairs_questions_and_seeds():

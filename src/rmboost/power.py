@@ -169,18 +169,20 @@ def observed_power(
     """The MDD of a run, from its own test set, comparisons and seed spread.
 
     `diffs`: the seed-averaged per-pair differences of the run's paired comparisons; the typical
-    (median) per-pair variance and ICC of those is used. Without comparisons, two independent
-    copies of the cells' seed-averaged `outcomes` stand in (v = 2 Var(outcome)).
+    (median) per-pair variance and ICC of those is used. Without comparisons (or when that
+    variance is 0: models that never disagree), two independent copies of the seed-averaged
+    `outcomes` stand in (v = 2 Var(outcome)), a cautious bound.
     """
     n = len(unit)
-    if diffs:
-        variance = float(median(float(np.var(d, ddof=1)) for d in diffs))
+    variance = float(median(float(np.var(d, ddof=1)) for d in diffs)) if diffs else 0.0
+    if variance > 0:
         rho = float(median(icc(d, unit, n_units) for d in diffs))
         basis = f"median over {len(diffs)} paired comparisons"
-    elif outcomes:
+    elif outcomes:  # no comparison, or models that never disagreed: no spread of d to measure
         variance = 2 * float(median(float(np.var(o, ddof=1)) for o in outcomes))
         rho = float(median(icc(o, unit, n_units) for o in outcomes))
-        basis = "no comparison: two independent models like the run's cells"
+        basis = ("the compared models never disagreed: two independent models like them stand in" if diffs
+                 else "no comparison: two independent models like the run's cells")
     else:
         return {"available": False, "reason": "no finished reward model"}
     sd = pooled_seed_sd(per_seed)
@@ -203,6 +205,7 @@ def describe_power(p: dict[str, Any]) -> str:
     seeds = (f"; with the seed spread (SD {100 * p['seed_sd']:.1f} points over {p['seeds']} seeds): "
              f"{100 * p['mdd']:.1f} points" if p.get("seed_sd") is not None
              else "; seed spread unknown (one seed per model)")
+    stand_in = "" if p["basis"].startswith("median") else f" [{p['basis']}]"
     return (f"smallest difference this run could detect ({p['power']:.0%} power, {p['alpha']:.0%} two-sided): "
             f"{100 * p['mdd_test_set']:.1f} points from the test set alone ({p['pairs']} pairs, {p['questions']} "
-            f"questions, ICC {p['icc']:.2f}, design effect {p['design_effect']:.2f}){seeds}")
+            f"questions, ICC {p['icc']:.2f}, design effect {p['design_effect']:.2f}){seeds}{stand_in}")

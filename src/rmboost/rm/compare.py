@@ -46,7 +46,7 @@ def compare_models(
         del scorer
     unit, n_units, unit_name = resampling_units(pairs)
     paired = paired_difference(per_pair[0], per_pair[1], unit, n_units, resamples=resamples, seed=seed)
-    power = observed_power([per_pair[0] - per_pair[1]], [], unit, n_units, per_seed=[], seeds=1)
+    power = observed_power([per_pair[0] - per_pair[1]], per_pair, unit, n_units, per_seed=[], seeds=1)
     return {
         "test": str(test), "n": len(pairs), "models": evaluated,
         "difference": {**paired, "a": str(models[0]), "b": str(models[1]), "unit": unit_name, "units": n_units,
