@@ -97,3 +97,51 @@ def test_the_top_mean_is_not_best_without_a_detected_difference(tmp_path):
     text = format_comparisons({"settings": ["syn"], "variants": [{"name": "rmboost"}, {"name": "rlcd"}], **out})
     assert "best in syn: none" in text and "seed spread unknown" in text
     assert outcomes([1.0], [0.5])[0] == 1.0  # the eval files' rewards encode the outcomes as intended
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_experiment_run_writes_comparisons_and_power(tmp_path, scripted):
+    """A whole (tiny) run through `run_experiment`: a scripted generator, real training (2 steps),
+    and results.json / the text table carrying the paired comparison and the detectable difference."""
+    import hashlib
+    import io
+
+    import yaml
+    from conftest import QA_FEEDBACK, run
+    from rich.console import Console
+
+    from rmboost.data import qa_feedback
+    from rmboost.experiment import run_experiment
+
+    train, test = qa_feedback.split_by_question(qa_feedback.load_human_pairs(QA_FEEDBACK), 0.2, 0)
+    groups = {p["group"] for p in train}
+    prompts = [r for r in qa_feedback.load_prompts(QA_FEEDBACK) if r["id"] in groups][:4]
+    for name, rows in (("prompts", prompts), ("real", train[:8]), ("test", test[:24])):
+        atomic_write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "paired", "task": "qa_feedback", "methods": ["rlcd"], "settings": ["real", "syn"], "seeds": [0, 1],
+        "data": {"prompts": str(tmp_path / "prompts.jsonl"), "real_train": str(tmp_path / "real.jsonl"),
+                 "test": str(tmp_path / "test.jsonl")},
+        "rm": {"prompt_field": "none", "max_length": 48, "max_steps": 2, "batch_size": 4, "device": "cpu"},
+        "analysis": {"beta": False, "report": False},
+    }))
+
+    def answer(messages, params):  # a distinct response per instruction
+        digest = hashlib.sha1(messages[-1]["content"].encode()).hexdigest()[:8]
+        return f"<response>Answer {digest}: the passage says so, in {len(messages[-1]['content'])} words.</response>"
+
+    console = Console(file=io.StringIO(), width=200)
+    results = run(run_experiment(config, tmp_path / "run", console, backend=scripted(answer)))
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [(c["setting"], c["a"], c["b"]) for c in saved["comparisons"]] == [("syn", "rlcd", "real")]
+    c = saved["comparisons"][0]
+    table = {(r["variant"], r["setting"]): r["mean"] for r in saved["table"]}
+    assert c["difference"] == pytest.approx(table[("rlcd", "syn")] - table[("real", "real")])
+    assert c["seeds"] == [2, 2] and c["ci95"][0] <= c["difference"] <= c["ci95"][1]
+    assert saved["best"] == {"syn": None}  # a single variant is never "best"
+    assert saved["power"]["available"] and saved["power"]["seeds"] == 2 and saved["power"]["pairs"] == 24
+    assert saved["power"] == results["power"]
+    printed = console.file.getvalue()
+    assert "vs real-only" in printed and "smallest difference this run could detect" in printed
