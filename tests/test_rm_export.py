@@ -112,6 +112,13 @@ def test_two_models_are_compared_paired(models, tmp_path):
     assert "A - B:" in res.output and "smallest difference this run could detect" in res.output
     assert ("detected (the interval excludes 0)" in res.output) == expected["detected"]
 
+    single = _invoke("eval-rm", "--model", str(models["response"]), "--test", str(models["test"]),
+                     "--output", str(tmp_path / "one.json"), "--device", "cpu")
+    assert single.exit_code == 0, single.output
+    assert "smallest difference a comparison of two such models on this file could detect" in single.output
+    p = json.loads((tmp_path / "one.json").read_text())["power"]
+    assert p["questions"] == n_units and "independent models" in p["basis"] and p["mdd_test_set"] > 0
+
     three = _invoke("eval-rm", "--model", str(models["prompt"]), "--model", str(models["prompt"]),
                     "--model", str(models["response"]), "--test", str(models["test"]))
     assert three.exit_code == 2 and "give one --model, or two" in three.output

@@ -182,7 +182,7 @@ def observed_power(
         variance = 2 * float(median(float(np.var(o, ddof=1)) for o in outcomes))
         rho = float(median(icc(o, unit, n_units) for o in outcomes))
         basis = ("the compared models never disagreed: two independent models like them stand in" if diffs
-                 else "no comparison: two independent models like the run's cells")
+                 else "no comparison: two independent models like the ones scored stand in")
     else:
         return {"available": False, "reason": "no finished reward model"}
     sd = pooled_seed_sd(per_seed)

@@ -145,6 +145,7 @@ def eval_rm(
     show_groups: Annotated[int, typer.Option(help="Print at most this many groups (all are in the JSON).")] = 20,
 ) -> None:
     """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines."""
+    from rmboost.rm.compare import single_model_power
     from rmboost.rm.data import read_pairs
     from rmboost.rm.evaluate import evaluate_scores
     from rmboost.rm.score import RewardScorer
@@ -164,6 +165,7 @@ def eval_rm(
             prompt_field=prompt_field or scorer.prompt_field,
             max_length=scorer.max_length,
             truncated=dict(scorer.truncated),
+            power=single_model_power(pairs, chosen, rejected),  # what a comparison on this file could detect
         )
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +225,11 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
         f"at max length {m['max_length']}",
         highlight=False,
     )
+    if m.get("power"):
+        from rmboost.power import describe_power
+
+        out.print(describe_power(m["power"]).replace("this run", "a comparison of two such models on this file"),
+                  highlight=False)
     groups = m.get("groups") or {}
     if not groups:
         return

@@ -75,3 +75,10 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
         highlight=False,
     )
     console.print(describe_power(result["power"]), highlight=False)
+
+
+def single_model_power(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dict[str, Any]:
+    """The MDD of comparing this model with another like it (independent errors) on these pairs."""
+    unit, n_units, _ = resampling_units(pairs)
+    return observed_power([], [outcomes(chosen, rejected)], unit, n_units, per_seed=[], seeds=1)
+
