@@ -1,4 +1,5 @@
-"""An experiment run's paired comparisons, "best" marks and detectable difference (rmboost.comparisons)."""
+"""An experiment run's paired comparisons, "best" marks and detectable difference (rmboost.comparisons,
+rmboost.experiment.results.compare_run)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmboost.comparisons import compare_run, comparison_matrices, format_comparisons, lookup
+from rmboost.comparisons import comparison_matrices, format_comparisons, lookup
 from rmboost.data.pairs import atomic_write_jsonl
-from rmboost.experiment import format_table, summarize_table
+from rmboost.experiment import compare_run, format_table, summarize_table
 from rmboost.rm.evaluate import bootstrap_ci, outcomes
 from rmboost.stats import paired_difference
 

@@ -22,7 +22,6 @@ import yaml
 from rmboost.data.pairs import atomic_write_jsonl
 from rmboost.data.qa_feedback import load_human_pairs, split_by_question
 
-pytestmark = [pytest.mark.train, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -75,6 +74,8 @@ def test_shipped_accelerate_configs_parse():
     assert ds["zero_stage"] == 2 and not {"gradient_accumulation_steps", "gradient_clipping"} & set(ds)
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_train_rm_on_two_processes_matches_one(tmp_path, data):
     args = ["train-rm", "--train", str(data["train"]), "--validation", str(data["val"]), "--prompt-field", "none",
             "--max-length", "48", "--epochs", "1", "--batch-size", "4", "--logging-steps", "1", "--device", "cpu",
@@ -111,10 +112,13 @@ def test_train_rm_on_two_processes_matches_one(tmp_path, data):
     assert np.array_equal(r1[0] > r1[1], r2[0] > r2[1])  # the same test accuracy
 
 
+@pytest.mark.train
+@pytest.mark.llm  # SmolLM2-135M as a transformers policy, as in test_align_dpo
+@pytest.mark.slow
 def test_dpo_on_two_processes_matches_one(tmp_path, data):
     from safetensors.numpy import load_file
 
-    from rmboost.rm.backbones import resolve_backbone
+    from rmboost.models import resolve_model
 
     args = ["dpo", "--train", str(data["train"]), "--max-length", "64", "--max-prompt-length", "32",
             "--max-steps", "2", "--batch-size", "4", "--lr", "1e-4", "--logging-steps", "1", "--device", "cpu",
@@ -135,7 +139,7 @@ def test_dpo_on_two_processes_matches_one(tmp_path, data):
     assert two.stdout.count("policy saved to") == 1
 
     # Both runs moved the weights the same way (the update, not just the near-identical weights).
-    base = load_file(str(Path(resolve_backbone("smollm2")) / "model.safetensors"))
+    base = load_file(str(Path(resolve_model("smollm2")) / "model.safetensors"))
     w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"

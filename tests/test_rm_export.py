@@ -109,7 +109,7 @@ def test_two_models_are_compared_paired(models, tmp_path):
     assert m["difference"]["p_value"] == pytest.approx(expected["p_value"])
     assert m["difference"]["units"] == n_units < m["n"] == 40  # questions, not pairs, are resampled
     assert m["power"]["available"] and m["power"]["mdd_test_set"] > 0
-    assert "A - B:" in res.output and "smallest difference this run could detect" in res.output
+    assert "A - B:" in res.output and "smallest difference this comparison could detect" in res.output
     assert ("detected (the interval excludes 0)" in res.output) == expected["detected"]
 
     single = _invoke("eval-rm", "--model", str(models["response"]), "--test", str(models["test"]),
@@ -149,4 +149,4 @@ def test_rewardbench_files_through_the_cli(models, tmp_path):
     assert "Focus" in res.output and "not in the file: Factuality" in res.output
     bad = _invoke("eval-rm", "--model", str(models["response"]), "--test", str(tmp_path / "rb.jsonl"),
                   "--format", "rewardbench3")
-    assert bad.exit_code == 2 and "--format 'rewardbench3'" in bad.output
+    assert bad.exit_code == 2 and "--format: unknown format 'rewardbench3'" in bad.output

@@ -1,4 +1,4 @@
-"""Paired comparisons between the cells of an experiment run, and what the run could detect.
+"""Paired comparisons between the cells of an experiment run, and how they are shown.
 
 For every setting (syn, real+syn), every variant is compared with the real-only model and with
 every other variant on the same test pairs (`rmboost.stats.paired_difference`): the difference in
@@ -8,53 +8,39 @@ as detected only when its interval excludes 0, and a variant is marked best in a
 when it is detectably better than every other variant there.
 
 results.json gets `comparisons` (one entry per unordered pair, difference = a - b), `best`
-({setting: variant or null}) and `power` (`rmboost.power.observed_power`).
+({setting: variant or null}) and `power` (`rmboost.power.observed_power`): `compare_cells` makes
+them from the cells' per-pair outcomes (read from a run folder by
+`rmboost.experiment.results.compare_run`); the rest of this module shows them in the text table
+and the report.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rmboost.power import describe_power, observed_power
+from rmboost.runfolder import REAL
 from rmboost.stats import paired_difference, seed_mean
 
-REAL = "real"
 REFERENCE = "rmboost"  # the second column of the text table, when the run has it
 
 
-def cell_outcomes(cells: list[dict[str, Any]], run: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    """(variant, setting) -> {"outcomes": (seeds, pairs) array, "accuracies": per-seed list}."""
-    from rmboost.rm.evaluate import outcomes
-
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    for c in cells:
-        if c.get("status") != "ok" or not c.get("eval_file"):
-            continue
-        rewards = json.loads((run / c["eval_file"]).read_text("utf-8"))["rewards"]
-        entry = found.setdefault((c["variant"], c["setting"]), {"outcomes": [], "accuracies": []})
-        entry["outcomes"].append(outcomes(rewards["chosen"], rewards["rejected"]))
-        entry["accuracies"].append(c["accuracy"])
-    return {k: {"outcomes": np.array(v["outcomes"]), "accuracies": v["accuracies"]} for k, v in found.items()}
-
-
-def compare_run(
-    cells: list[dict[str, Any]],
-    run: Path,
-    test: Path,
+def compare_cells(
+    found: dict[tuple[str, str], dict[str, Any]],
+    unit: np.ndarray,
+    n_units: int,
     settings: list[str],
     variants: list[str],
     seeds: list[int],
 ) -> dict[str, Any]:
-    """`comparisons`, `best` and `power` for results.json."""
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.evaluate import resampling_units
+    """`comparisons`, `best` and `power` for results.json.
 
-    unit, n_units, _ = resampling_units(read_pairs(test, "none"))
-    found = cell_outcomes(cells, run)
+    `found`: (variant, setting) -> {"outcomes": (seeds, pairs) array, "accuracies": per-seed
+    list} for the finished cells; `unit`/`n_units`: each test pair's question
+    (`rmboost.rm.evaluate.resampling_units`).
+    """
     real = found.get((REAL, REAL))
     comparisons: list[dict[str, Any]] = []
     diffs: list[np.ndarray] = []

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmboost.data.inputs import InputError
-from rmboost.data.pairs import atomic_write_jsonl, read_pairs, sidecar
+from rmboost.data.inputs import read_rows
+from rmboost.data.messages import inputs_row, response_text
+from rmboost.data.pairs import atomic_write_jsonl, sidecar
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
 from rmboost.methods.judge import JudgeOptions, make_judge
@@ -31,16 +32,6 @@ class FilterSummary:
         return self.removed / judged if judged else 0.0
 
 
-def _judge_row(pair: dict[str, Any], index: int, source: str) -> dict[str, Any]:
-    inputs = pair.get("inputs")
-    if not isinstance(inputs, dict) or not inputs:
-        raise InputError(
-            f"{source}, row {index} (id {pair.get('id')}): no 'inputs' column, which the judge needs to "
-            "see the task's inputs (pairs from rmboost generate and the QA-Feedback loader have it)"
-        )
-    return {"id": str(pair.get("id", f"row-{index}")), **inputs}
-
-
 async def run_filter(
     pairs_path: str | Path,
     output: str | Path,
@@ -52,8 +43,13 @@ async def run_filter(
     concurrency: int = 1,
     judge_backend: Any = None,
 ) -> FilterSummary:
-    pairs = read_pairs(pairs_path)
-    rows = [_judge_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
+    pairs = read_rows(pairs_path)
+    rows = [inputs_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
+    texts = [
+        (response_text(p.get("chosen"), f"{pairs_path}, row {i}", "chosen"),
+         response_text(p.get("rejected"), f"{pairs_path}, row {i}", "rejected"))
+        for i, p in enumerate(pairs)
+    ]
     task = load_task(task_name)
     cache = RequestCache(cache_path) if cache_path else None
     judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
@@ -62,11 +58,11 @@ async def run_filter(
     removed: list[dict[str, Any]] = []
     failed = 0
 
-    async def one(pair: dict[str, Any], row: dict[str, Any]) -> None:
+    async def one(pair: dict[str, Any], row: dict[str, Any], chosen: str, rejected: str) -> None:
         nonlocal failed
         async with semaphore:
             try:
-                verdict = await judge.compare(row, _text(pair["chosen"]), _text(pair["rejected"]), step="filter")
+                verdict = await judge.compare(row, chosen, rejected, step="filter")
             except StepFailed as fail:
                 failed += 1
                 removed.append({**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}})
@@ -76,7 +72,7 @@ async def run_filter(
 
     try:
         await judge.ctx.llm.backend.check()
-        await asyncio.gather(*(one(p, r) for p, r in zip(pairs, rows, strict=True)))
+        await asyncio.gather(*(one(p, r, *t) for p, r, t in zip(pairs, rows, texts, strict=True)))
     finally:
         await judge.ctx.llm.backend.aclose()
         if cache is not None:
@@ -93,10 +89,3 @@ async def run_filter(
         kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
         removed_file=str(removed_path), judge_usage=judge.ctx.llm.usage.as_dict(),
     )
-
-
-def _text(value: Any) -> str:
-    """A response as text, from a plain string or a conversational message list."""
-    if isinstance(value, list):
-        return "\n".join(m.get("content", "") for m in value if m.get("role") == "assistant")
-    return str(value)

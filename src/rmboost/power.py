@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from rmboost.options import at_least, option
 from rmboost.stats import cluster_size, design_effect, icc
 
 
@@ -41,17 +42,25 @@ def z_total(alpha: float = 0.05, power: float = 0.8) -> float:
     return nd.inv_cdf(1 - alpha / 2) + nd.inv_cdf(power)
 
 
+def open_share(v: float) -> str | None:
+    """A probability strictly between 0 and 1 (a significance level, a power)."""
+    return None if 0 < v < 1 else f"must be in (0, 1), got {v:g}"
+
+
 @dataclass
 class Design:
-    """A test set and a seed budget. Accuracies and SDs are fractions (0.01 = 1 point)."""
+    """A test set and a seed budget. Accuracies and SDs are fractions (0.01 = 1 point).
+
+    The fields that `rmboost power` takes as they are carry their flags' help (`rmboost.power_cli`).
+    """
 
     pairs: float
     pairs_per_question: float = 1.0  # m; size-weighted when sizes differ (stats.cluster_size)
-    icc: float = 0.0
-    seeds: int = 1
+    icc: float = option(0.0, help="Intra-question correlation of the per-pair difference (eval-rm and experiment runs report it).")
+    seeds: int = option(1, check=at_least(1), help="Training seeds per model, averaged.")
     seed_sd: float = 0.0
-    alpha: float = 0.05
-    power: float = 0.8
+    alpha: float = option(0.05, check=open_share, help="Two-sided significance level.")
+    power: float = option(0.8, check=open_share, help="Power wanted.")
 
     def __post_init__(self) -> None:
         if self.pairs <= 0 or self.pairs_per_question < 1 or self.seeds < 1 or self.seed_sd < 0:
@@ -198,14 +207,14 @@ def observed_power(
     }
 
 
-def describe_power(p: dict[str, Any]) -> str:
-    """One sentence for tables and reports."""
+def describe_power(p: dict[str, Any], subject: str = "this run") -> str:
+    """One sentence for tables and reports; `subject` is what could detect the difference."""
     if not p.get("available"):
         return f"detectable difference: not available ({p.get('reason', 'no data')})"
     seeds = (f"; with the seed spread (SD {100 * p['seed_sd']:.1f} points over {p['seeds']} seeds): "
              f"{100 * p['mdd']:.1f} points" if p.get("seed_sd") is not None
              else "; seed spread unknown (one seed per model)")
     stand_in = "" if p["basis"].startswith("median") else f" [{p['basis']}]"
-    return (f"smallest difference this run could detect ({p['power']:.0%} power, {p['alpha']:.0%} two-sided): "
+    return (f"smallest difference {subject} could detect ({p['power']:.0%} power, {p['alpha']:.0%} two-sided): "
             f"{100 * p['mdd_test_set']:.1f} points from the test set alone ({p['pairs']} pairs, {p['questions']} "
             f"questions, ICC {p['icc']:.2f}, design effect {p['design_effect']:.2f}){seeds}{stand_in}")

@@ -42,9 +42,10 @@ def rm_scorer(scorer: Any, task: Any) -> ResponseScorer:
 
 async def west_of_n_pair(ctx: MethodContext, row: dict[str, Any], label: str | None = None) -> dict[str, Any]:
     del label
-    n: int = ctx.options.get("n", 8)
-    scorer: ResponseScorer = ctx.options["scorer"]
-    messages = first_response_messages(ctx.task, row, ctx.options.get("aspect_mode", "model-selects"))
+    n = ctx.settings.n
+    scorer = ctx.scorer
+    assert scorer is not None, "west-of-n needs a scorer"
+    messages = first_response_messages(ctx.task, row, ctx.settings.aspect_mode)
     pool, completions = [], []
     for i in range(n):
         try:

@@ -74,7 +74,7 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
         f"{d['p_value']:.3g} ({d['permutation']}); {verdict}",
         highlight=False,
     )
-    console.print(describe_power(result["power"]), highlight=False)
+    console.print(describe_power(result["power"], "this comparison"), highlight=False)
 
 
 def single_model_power(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dict[str, Any]:

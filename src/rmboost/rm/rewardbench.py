@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from rmboost.data.inputs import InputError, read_jsonl_numbered, read_rows
-from rmboost.rm.data import message_text, response_text
+from rmboost.data.inputs import InputError, read_located_rows
+from rmboost.data.messages import prompt_text, response_text
 
 COMMIT = "05a9005efb607249822c193590c8ecab87c77052"
 EXAMPLE_COUNTS = {
@@ -76,25 +76,17 @@ class BenchRow:
     where: str
 
 
-def _rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    if not path.exists():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
-    if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
-        return [(f"{path}, line {n}", row) for n, row in read_jsonl_numbered(path)]
-    return [(f"{path}, row {i}", row) for i, row in enumerate(read_rows(path))]
-
-
 def _prompt(row: dict[str, Any], where: str) -> str:
     for name in ("prompt", "question", "input"):  # reward-bench renames question/input to prompt
         if row.get(name) is not None:
-            return message_text(row[name], where, name)
+            return prompt_text(row[name], where, name)
     raise InputError(f"{where}: missing field 'prompt'")
 
 
 def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
     """Every row of a RewardBench (`rewardbench`) or RewardBench 2 (`rewardbench2`) file."""
     out: list[BenchRow] = []
-    for index, (where, row) in enumerate(_rows(Path(path))):
+    for index, (where, row) in enumerate(read_located_rows(path, "benchmark file")):
         for name in ("chosen", "rejected", "subset"):
             if row.get(name) in (None, "", []):
                 raise InputError(f"{where}: missing field {name!r}")
@@ -104,7 +96,7 @@ def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
             chosen, rejected = row["chosen"], row["rejected"]
             if isinstance(chosen, list) and len(chosen) > 1 and isinstance(chosen[0], dict):
                 # reward-bench: message lists carry the prompt as all but the last message
-                prompt = message_text(chosen[:-1], where, "chosen")
+                prompt = prompt_text(chosen[:-1], where, "chosen")
             else:
                 prompt = _prompt(row, where)
             responses = [response_text(_last(chosen), where, "chosen"), response_text(_last(rejected), where, "rejected")]
