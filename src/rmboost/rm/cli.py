@@ -99,14 +99,17 @@ def eval_rm(opts: EvalRMOptions) -> None:
     """
     from rmboost.rm.compare import compare_models, print_comparison
     from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
+    from rmboost.rm.score import RewardScorer
 
     output = opts.output
     try:
         if opts.format != "pairs":
             if len(opts.model) != 1:
                 raise ValueError(f"--format {opts.format} scores one --model at a time")
+            scorer = RewardScorer(opts.model[0], device=opts.device, batch_size=opts.batch_size,
+                                  max_length=opts.max_length)
             result = {"model": str(opts.model[0]), "test": str(opts.test),
-                      **evaluate_benchmark(_scorer(opts, opts.model[0]), opts.test, opts.format)}
+                      **evaluate_benchmark(scorer, opts.test, opts.format)}
         elif len(opts.model) == 1:
             result = _evaluate_one(opts)
         else:
@@ -127,32 +130,13 @@ def eval_rm(opts: EvalRMOptions) -> None:
         out.print(f"metrics written to {output}", highlight=False)
 
 
-def _scorer(opts: EvalRMOptions, model: Path) -> Any:
-    from rmboost.rm.score import RewardScorer
-
-    return RewardScorer(model, device=opts.device, batch_size=opts.batch_size, max_length=opts.max_length)
-
-
 def _evaluate_one(opts: EvalRMOptions) -> dict[str, Any]:
     """One model on a pair file, with what a comparison of two such models there could detect."""
-    from rmboost.rm.compare import single_model_power
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.evaluate import evaluate_scores
+    from rmboost.rm.compare import evaluate_model, single_model_power
 
-    model, test = opts.model[0], opts.test
-    scorer = _scorer(opts, model)
-    prompt_field = opts.prompt_field or scorer.prompt_field
-    pairs = read_pairs(test, prompt_field)
-    chosen, rejected = scorer.score_pairs(pairs)
-    metrics = evaluate_scores(pairs, chosen, rejected, resamples=opts.resamples, seed=opts.seed)
-    metrics.update(
-        model=str(model),
-        test=str(test),
-        prompt_field=prompt_field,
-        max_length=scorer.max_length,
-        truncated=dict(scorer.truncated),
-        power=single_model_power(pairs, chosen, rejected),
-    )
+    metrics, pairs, right = evaluate_model(opts.model[0], opts.test, opts.prompt_field, opts.max_length,
+                                           opts.batch_size, opts.resamples, opts.seed, opts.device)
+    metrics["power"] = single_model_power(pairs, right)
     return metrics
 
 

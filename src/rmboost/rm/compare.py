@@ -1,6 +1,7 @@
-"""`rmboost eval-rm --model A --model B --test FILE`: two reward models, paired on one test file.
+"""`rmboost eval-rm` on pair files: one reward model, or two paired on one test file.
 
-Both models score every test pair (each with its own saved format); each gets the usual
+`evaluate_model` scores one model (in its own saved format) and evaluates it. With two models,
+both score every test pair (each with its own saved format); each gets the usual
 evaluation (`rmboost.rm.evaluate.evaluate_scores`), and the difference A - B is paired
 (`rmboost.stats.paired_difference`): the same question bootstrap for both, a sign-flip
 permutation p-value, and "detected" only when the interval excludes 0. The smallest difference
@@ -12,9 +13,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmboost.power import describe_power, observed_power
 from rmboost.rm.evaluate import evaluate_scores, outcomes, resampling_units
 from rmboost.stats import paired_difference
+
+
+def evaluate_model(
+    model: Path,
+    test: Path,
+    prompt_field: str | None = None,
+    max_length: int | None = None,
+    batch_size: int = 32,
+    resamples: int = 2000,
+    seed: int = 0,
+    device: str | None = None,
+) -> tuple[dict[str, Any], list[Any], np.ndarray]:
+    """One model on a pair file, scored in its own saved format: `evaluate_scores`' metrics (with
+    the model, the file and the format used), the pairs and the per-pair outcomes."""
+    from rmboost.rm.data import read_pairs
+    from rmboost.rm.score import RewardScorer
+
+    scorer = RewardScorer(model, device=device, batch_size=batch_size, max_length=max_length)
+    field = prompt_field or scorer.prompt_field
+    pairs = read_pairs(test, field)
+    chosen, rejected = scorer.score_pairs(pairs)
+    metrics = evaluate_scores(pairs, chosen, rejected, resamples=resamples, seed=seed)
+    metrics.update(model=str(model), test=str(test), prompt_field=field, max_length=scorer.max_length,
+                   truncated=dict(scorer.truncated))
+    return metrics, pairs, outcomes(chosen, rejected)
 
 
 def compare_models(
@@ -27,23 +55,17 @@ def compare_models(
     seed: int = 0,
     device: str | None = None,
 ) -> dict[str, Any]:
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.score import RewardScorer
-
+    """Two models on one pair file: each one's evaluation, the paired difference A - B and the
+    smallest difference this comparison could detect."""
     if len(models) != 2:
         raise ValueError(f"give one --model, or two to compare (got {len(models)})")
     evaluated, per_pair = [], []
     pairs: list[Any] = []
     for model in models:
-        scorer = RewardScorer(model, device=device, batch_size=batch_size, max_length=max_length)
-        pairs = read_pairs(test, prompt_field or scorer.prompt_field)
-        chosen, rejected = scorer.score_pairs(pairs)
-        metrics = evaluate_scores(pairs, chosen, rejected, resamples=resamples, seed=seed)
+        metrics, pairs, right = evaluate_model(model, test, prompt_field, max_length, batch_size, resamples, seed, device)
         metrics.pop("groups", None)
-        metrics.update(model=str(model), prompt_field=prompt_field or scorer.prompt_field, max_length=scorer.max_length)
         evaluated.append(metrics)
-        per_pair.append(outcomes(chosen, rejected))
-        del scorer
+        per_pair.append(right)
     unit, n_units, unit_name = resampling_units(pairs)
     paired = paired_difference(per_pair[0], per_pair[1], unit, n_units, resamples=resamples, seed=seed)
     power = observed_power([per_pair[0] - per_pair[1]], per_pair, unit, n_units, per_seed=[], seeds=1)
@@ -77,8 +99,9 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
     console.print(describe_power(result["power"], "this comparison"), highlight=False)
 
 
-def single_model_power(pairs: list[Any], chosen: list[float], rejected: list[float]) -> dict[str, Any]:
-    """The MDD of comparing this model with another like it (independent errors) on these pairs."""
+def single_model_power(pairs: list[Any], right: np.ndarray) -> dict[str, Any]:
+    """The MDD of comparing a model whose per-pair outcomes are `right` with another like it
+    (independent errors) on these pairs."""
     unit, n_units, _ = resampling_units(pairs)
-    return observed_power([], [outcomes(chosen, rejected)], unit, n_units, per_seed=[], seeds=1)
+    return observed_power([], [right], unit, n_units, per_seed=[], seeds=1)
 
