@@ -121,6 +121,7 @@ def _configs() -> list[tuple[type, list[str], dict[str, Any]]]:
     from rmboost.align.sample import SampleConfig
     from rmboost.cli import FilterOptions
     from rmboost.generate import GenerateConfig
+    from rmboost.power_cli import PowerOptions
     from rmboost.rm.cli import EvalRMOptions, QAFeedbackSplit, ScoreOptions
     from rmboost.rm.train import TrainRMConfig
 
@@ -128,12 +129,14 @@ def _configs() -> list[tuple[type, list[str], dict[str, Any]]]:
         (GenerateConfig, ["-o", "o.jsonl"], {"output": Path("o.jsonl")}),
         (FilterOptions, ["p.jsonl", "-o", "o.jsonl"], {"pairs": Path("p.jsonl"), "output": Path("o.jsonl")}),
         (TrainRMConfig, ["-t", "a.jsonl", "-o", "m"], {"train": ["a.jsonl"], "output": Path("m")}),
-        (EvalRMOptions, ["-m", "m", "--test", "t.jsonl"], {"model": Path("m"), "test": Path("t.jsonl")}),
+        (EvalRMOptions, ["-m", "m", "--test", "t.jsonl"], {"model": [Path("m")], "test": Path("t.jsonl")}),
+        (EvalRMOptions, ["-m", "a", "-m", "b", "--test", "t.jsonl"], {"model": [Path("a"), Path("b")], "test": Path("t.jsonl")}),
         (ScoreOptions, ["-m", "m", "-i", "i", "-o", "o"], {"model": Path("m"), "input": Path("i"), "output": Path("o")}),
         (QAFeedbackSplit, ["--out", "d"], {"out_dir": Path("d")}),
         (RelabelConfig, ["p.jsonl", "-o", "o.jsonl"], {"input": Path("p.jsonl"), "output": Path("o.jsonl")}),
         (DPOTrainConfig, ["-t", "p.jsonl", "-o", "m"], {"train": Path("p.jsonl"), "output": Path("m")}),
         (SampleConfig, ["-m", "m", "-i", "i", "-o", "o"], {"model": "m", "input": Path("i"), "output": Path("o")}),
+        (PowerOptions, [], {}),
     ]
 
 

@@ -224,9 +224,25 @@ def build_run_dir(root: Path, *, hostile: bool = True) -> Path:
         "baselines": {"longer_wins": {"accuracy": 0.501, "ci": [0.436, 0.563]}, "coin": {"accuracy": 0.5}},
         "variants": variants, "settings": ["real", "syn", "real+syn"], "seeds": [0, 1],
         "cells": cells, "table": table, "generation": generation,
+        # Paired differences (rmboost.comparisons): only rmboost in real+syn is detectably best.
+        "comparisons": [
+            _paired("syn", "rmboost", "real", 0.03, -0.01, 0.07, 0.2), _paired("syn", "rlcd", "real", -0.02, -0.06, 0.02, 0.4),
+            _paired("syn", "rmboost", "rlcd", 0.05, -0.002, 0.10, 0.07),
+            _paired("real+syn", "rmboost", "real", 0.07, 0.03, 0.11, 0.001), _paired("real+syn", "rlcd", "real", 0.04, 0.0, 0.08, 0.06),
+            _paired("real+syn", "rmboost", "rlcd", 0.03, 0.01, 0.05, 0.02),
+        ],
+        "best": {"syn": None, "real+syn": "rmboost"},
+        "power": {"available": True, "alpha": 0.05, "power": 0.8, "pairs": 6, "questions": 6, "pairs_per_question": 1.0,
+                  "icc": 0.0, "design_effect": 1.0, "pair_variance": 0.3, "seeds": 2, "seed_sd": 0.012,
+                  "basis": "median over 6 paired comparisons", "mdd_test_set": 0.63, "mdd": 0.631},
     }
     (run / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return run
+
+
+def _paired(setting: str, a: str, b: str, diff: float, lo: float, hi: float, p: float) -> dict[str, Any]:
+    return {"setting": setting, "a": a, "b": b, "difference": diff, "ci95": [lo, hi], "p_value": p,
+            "detected": lo > 0 or hi < 0, "permutation": "exact", "seeds": [2, 2]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +271,13 @@ def test_results_table_cells_best_and_states(tmp_path):
     assert [r["name"] for r in t["rows"]] == list(FIXTURE_VARIANTS)
     assert t["real"]["state"] == "ok" and t["real"]["mean"] == pytest.approx(0.57)
     rows = {r["name"]: dict(zip(t["columns"], r["cells"], strict=True)) for r in t["rows"]}
-    assert rows["rmboost"]["syn"]["state"] == "ok" and rows["rmboost"]["syn"]["best"]
-    assert rows["rmboost"]["real+syn"]["best"] and not rows["rlcd"]["real+syn"]["best"]
+    assert rows["rmboost"]["syn"]["state"] == "ok"
+    # "best" needs a detected paired difference (results["best"]), never the highest mean alone:
+    # rmboost has the top mean in both columns but is detectably best only in real+syn.
+    assert rows["rmboost"]["real+syn"]["best"] and not rows["rmboost"]["syn"]["best"]
+    assert not any(c["best"] for r in t["rows"] for c in r["cells"] if r["name"] != "rmboost")
+    assert not any(c["best"] for r in results_table({**results, "best": {}})["rows"] for c in r["cells"])
+    assert rows["rmboost"]["syn"]["vs_real"]["ci95"] == [-0.01, 0.07] and not rows["rmboost"]["syn"]["vs_real"]["detected"]
     assert rows["rmboost"]["syn"]["delta"] == pytest.approx(0.03)
     assert rows["rlcd"]["syn"]["notes"] == ["1 of 2 seeds failed"]
     assert rows["rlaif"]["syn"]["state"] == "no_data" and rows["rlaif"]["syn"]["mean"] is None
@@ -344,10 +365,16 @@ def test_page_renders_results_table(report_page):
     assert "Real only" in rows.nth(0).inner_text()
     assert "57.0" in rows.nth(0).inner_text()
     best = page.locator("#results-table td.best")
-    assert best.count() == 2 and all("rmboost" in best.nth(i).locator("xpath=..").inner_text() for i in range(2))
+    assert best.count() == 1 and "rmboost" in best.nth(0).locator("xpath=..").inner_text()
     rmboost_row = rows.nth(1).inner_text()
     assert "60.0" in rmboost_row and "[58.0, 62.0]" in rmboost_row and "s0 61.0 · s1 59.0" in rmboost_row
-    assert "+3.0 vs real" in rmboost_row
+    assert "+3.0 [-1.0, +7.0] vs real" in rmboost_row and "+7.0 [+3.0, +11.0] vs real ✓" in rmboost_row
+    paired = page.locator("table.paired")
+    assert paired.count() == 2
+    # real+syn: rmboost vs real, rmboost vs rlcd and (mirrored) rlcd vs rmboost
+    assert paired.nth(1).locator("td.detected").count() == 3
+    assert "best in real+syn: rmboost" in page.locator("#results").inner_text()
+    assert "smallest difference this run could detect" in page.locator("#results").inner_text().lower()
     assert "1 of 2 seeds failed" in rows.nth(2).inner_text()
     assert rows.nth(3).locator(".badge.nodata").count() == 1 and rows.nth(3).locator(".badge.failed").count() == 1
     assert rows.nth(4).locator(".badge.pending").count() == 2

@@ -253,6 +253,11 @@ from rmboost.analysis import cli as _analysis_cli  # noqa: E402
 
 app.command("report")(_analysis_cli.report)
 
+# Power planning for comparisons of reward models (issue 13).
+from rmboost import power_cli as _power_cli  # noqa: E402
+
+app.command("power")(_power_cli.power)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -10,7 +10,10 @@ model, loss options, summary fields):
 - the summary parts read from the Trainer (`hardware`, `loop_totals`, `throughput`) and the
   metadata file written beside the model and read back (`TrainingRun.finish`, `read_meta`).
 
-Multi-GPU is the Trainer's: `accelerate launch -m rmboost.cli train-rm|dpo ...`.
+Several processes (`accelerate launch -m rmboost.cli train-rm|dpo ...`, data-parallel by the
+Trainer): `--batch-size` is the global batch, split over the processes (`per_device_batch`), so
+a run on N processes takes the same optimizer steps on the same batches as one process; only the
+main process saves, writes the metadata and prints its summary.
 """
 
 from __future__ import annotations
@@ -69,18 +72,37 @@ def device_settings(device: str = "auto", bf16: bool | None = None, checkpointin
     }
 
 
-def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
-    """The TrainingArguments both trainers take from their configs.
+def per_device_batch(global_batch: int, processes: int) -> int:
+    """The share of the global batch one of `processes` processes takes; it must divide evenly.
 
-    `cfg` has epochs, max_steps, batch_size, grad_accum, learning_rate, lr_scheduler,
-    warmup_ratio, seed and logging_steps (TrainRMConfig, DPOTrainConfig).
+    `--batch-size` is the GLOBAL number of pairs (or DPO rows) per forward pass, summed over all
+    processes, and one optimizer step sees batch_size * grad_accum of them. So the same command on
+    1, 2 or 8 processes (`accelerate launch`) trains on the same batches for the same number of
+    optimizer steps. To fit a large model, lower the per-process share with `--grad-accum`
+    (global batch = batch_size * grad_accum) rather than by changing `--batch-size`.
     """
+    if global_batch % processes:
+        raise ValueError(
+            f"--batch-size {global_batch} is the global batch over all {processes} processes and must be a "
+            f"multiple of {processes}: use {max(processes, global_batch - global_batch % processes)} or "
+            f"{global_batch + processes - global_batch % processes}"
+        )
+    return global_batch // processes
+
+
+def schedule_arguments(cfg: Any, checkpoints: Path, processes: int = 1) -> dict[str, Any]:
+    """The TrainingArguments both trainers take from their configs, for a run on `processes` processes.
+
+    `cfg` has epochs, max_steps, batch_size (the global batch, `per_device_batch`), grad_accum,
+    learning_rate, lr_scheduler, warmup_ratio, seed and logging_steps (TrainRMConfig, DPOTrainConfig).
+    """
+    batch = per_device_batch(cfg.batch_size, processes)
     return {
         "output_dir": str(checkpoints),
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": cfg.batch_size,
-        "per_device_eval_batch_size": cfg.batch_size,
+        "per_device_train_batch_size": batch,
+        "per_device_eval_batch_size": batch,
         "gradient_accumulation_steps": cfg.grad_accum,
         "learning_rate": cfg.learning_rate,
         "lr_scheduler_type": cfg.lr_scheduler,
@@ -89,6 +111,7 @@ def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
         "data_seed": cfg.seed,
         "logging_steps": cfg.logging_steps,
         "report_to": "none",
+        "ddp_find_unused_parameters": False,  # every trainable parameter gets a gradient; True costs a graph walk per step
     }
 
 
@@ -188,7 +211,8 @@ class TrainingRun:
             # transformers 5 renamed gradient_checkpointing; TRL's configs still set the old name.
             warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
             return config_cls(
-                **schedule_arguments(cfg, cfg.output / CHECKPOINTS), **own, **self.settings, **cfg.extra
+                **schedule_arguments(cfg, cfg.output / CHECKPOINTS, self.state.num_processes), **own,
+                **self.settings, **cfg.extra
             )
 
     def fit(self, trainer: Any, line: LogLine, show_bar: bool = True) -> Any:
@@ -224,11 +248,16 @@ class TrainingRun:
 
 
 def hardware(args: Any) -> dict[str, Any]:
-    """Where and how the run trained, from its TrainingArguments."""
+    """Where and how the run trained, from its TrainingArguments: device, precision, processes and
+    the batch each one took, and whether this summary is the main process's (the one that saves,
+    writes the metadata and prints; `rmboost.cli_support.run_training`)."""
     return {
         "device": str(args.device),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "gradient_checkpointing": args.gradient_checkpointing,
+        "processes": args.world_size,
+        "per_device_batch": args.per_device_train_batch_size,
+        "main_process": args.process_index == 0,
     }
 
 

@@ -7,15 +7,15 @@ its config (RelabelConfig, DPOTrainConfig, SampleConfig; see rmboost.options).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-import typer
 from rich.table import Table
 
 from rmboost import options
 from rmboost.align.dpo import DPOTrainConfig
 from rmboost.align.relabel import RelabelConfig
 from rmboost.align.sample import SampleConfig
-from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
 
 
@@ -49,13 +49,10 @@ def dpo(cfg: DPOTrainConfig) -> None:
     """Train a policy with DPO (TRL DPOTrainer) on plain or relabelled pairs; multi-GPU via accelerate launch."""
     from rmboost.align.dpo import train_dpo
 
-    try:
-        s = train_dpo(cfg, err)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: nothing was saved")
-        raise typer.Exit(130) from None
-    except USER_ERRORS as exc:
-        raise _fail(str(exc)) from None
+    run_training(train_dpo, cfg, print_dpo_summary)
+
+
+def print_dpo_summary(s: dict[str, Any]) -> None:
     table = Table(title=f"rmboost dpo: {s['policy']} -> {s['output']}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")

@@ -51,7 +51,7 @@ class DPOTrainConfig:
     loss: str = option("sigmoid", help="TRL loss type: sigmoid (DPO), robust, ipo, hinge, exo_pair, ...")
     label_smoothing: float = option(0.0, help="Label noise for --loss robust / exo_pair (TRL's sigmoid loss has none).")
     epochs: float = option(1.0)
-    batch_size: int = option(8, help="Pairs per device per step.")
+    batch_size: int = option(8, help="Pairs per step over all processes (the global batch; each of N processes takes 1/N).")
     grad_accum: int = option(1, help="Gradient accumulation steps.")
     warmup_ratio: float = option(0.1)
     lr_scheduler: str = option("cosine", flags=("--scheduler",), help="Learning-rate schedule (transformers name).")

@@ -8,8 +8,8 @@ A finished stage is recognised by a fingerprint of everything it depends on, so 
 crash continues where it stopped and changes only what its inputs changed.
 
 Modules: config (the file and the grid), data, generation, beta, training (one reward model per
-cell), results (the table), log (log.jsonl), run (the whole run). The run folder's layout is
-rmboost.runfolder, shared with the analysis that reads it.
+cell), results (the table and the paired comparisons), log (log.jsonl), run (the whole run). The
+run folder's layout is rmboost.runfolder, shared with the analysis that reads it.
 """
 
 from rmboost.experiment.beta import beta_stage, score_beta
@@ -27,7 +27,13 @@ from rmboost.experiment.config import (
 from rmboost.experiment.data import prepare_data
 from rmboost.experiment.generation import generate_config, generate_variant, generator_backend
 from rmboost.experiment.log import RunLog
-from rmboost.experiment.results import format_table, heldout_info, summarize_table
+from rmboost.experiment.results import (
+    cell_outcomes,
+    compare_run,
+    format_table,
+    heldout_info,
+    summarize_table,
+)
 from rmboost.experiment.run import run_experiment
 from rmboost.experiment.training import rm_config, rm_settings, run_cell, train_specs
 from rmboost.runfolder import REAL, Variant
@@ -42,7 +48,9 @@ __all__ = [
     "RunLog",
     "Variant",
     "beta_stage",
+    "cell_outcomes",
     "cells",
+    "compare_run",
     "format_table",
     "generate_config",
     "generate_variant",

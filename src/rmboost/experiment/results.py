@@ -1,4 +1,5 @@
-"""Stage 5: the results table - variants down, settings across, mean accuracy over seeds with a 95% interval."""
+"""Stage 5: the results table - variants down, settings across, mean accuracy over seeds with a 95%
+interval - and the paired comparisons between its cells (`rmboost.comparisons`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,35 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rmboost.comparisons import compare_cells, format_comparisons
 from rmboost.runfolder import REAL, TEST_FILE
+
+
+def heldout_units(test: Path) -> tuple[Any, int]:
+    """Each test pair's resampling unit (its question; the pair when ungrouped) and their number."""
+    from rmboost.rm.data import read_pairs
+    from rmboost.rm.evaluate import resampling_units
+
+    unit, n_units, _ = resampling_units(read_pairs(test, "none"))
+    return unit, n_units
+
+
+def cell_outcomes(cells: list[dict[str, Any]], run: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(variant, setting) -> {"outcomes": (seeds, pairs) array, "accuracies": per-seed list} of the
+    finished cells, from their eval files (per pair: 1 right, 0.5 tie, 0 wrong)."""
+    import numpy as np
+
+    from rmboost.rm.evaluate import outcomes
+
+    found: dict[tuple[str, str], dict[str, list[Any]]] = {}
+    for c in cells:
+        if c.get("status") != "ok" or not c.get("eval_file"):
+            continue
+        rewards = json.loads((run / c["eval_file"]).read_text("utf-8"))["rewards"]
+        entry = found.setdefault((c["variant"], c["setting"]), {"outcomes": [], "accuracies": []})
+        entry["outcomes"].append(outcomes(rewards["chosen"], rewards["rejected"]))
+        entry["accuracies"].append(c["accuracy"])
+    return {k: {"outcomes": np.array(v["outcomes"]), "accuracies": v["accuracies"]} for k, v in found.items()}
 
 
 def summarize_table(cells_done: list[dict[str, Any]], run: Path, test: Path) -> list[dict[str, Any]]:
@@ -17,11 +46,11 @@ def summarize_table(cells_done: list[dict[str, Any]], run: Path, test: Path) -> 
     """
     import numpy as np
 
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.evaluate import bootstrap_ci, outcomes, resampling_units
+    from rmboost.rm.evaluate import bootstrap_ci
+    from rmboost.stats import seed_mean
 
-    pairs = read_pairs(test, "none")
-    unit, n_units, _ = resampling_units(pairs)
+    unit, n_units = heldout_units(test)
+    found = cell_outcomes(cells_done, run)
     table = []
     keys = list(dict.fromkeys((c["variant"], c["setting"]) for c in cells_done))
     for variant, setting in keys:
@@ -30,19 +59,22 @@ def summarize_table(cells_done: list[dict[str, Any]], run: Path, test: Path) -> 
         row: dict[str, Any] = {"variant": variant, "setting": setting, "seeds_ok": len(ok),
                                "per_seed": {str(c["seed"]): c["accuracy"] for c in ok}}
         if ok:
-            per_pair = []
-            for c in ok:
-                r = json.loads((run / c["eval_file"]).read_text("utf-8"))["rewards"]
-                per_pair.append(outcomes(r["chosen"], r["rejected"]))
-            mean_outcome = np.mean(per_pair, axis=0)
             row["mean"] = float(np.mean([c["accuracy"] for c in ok]))
             row["std"] = float(np.std([c["accuracy"] for c in ok], ddof=1)) if len(ok) > 1 else None
-            row["ci"] = list(bootstrap_ci(mean_outcome, unit, n_units))
+            row["ci"] = list(bootstrap_ci(seed_mean(found[(variant, setting)]["outcomes"]), unit, n_units))
         else:
             row.update(mean=None, std=None, ci=None,
                        status=next((c["status"] for c in group if c["status"] != "pending"), "pending"))
         table.append(row)
     return table
+
+
+def compare_run(
+    cells: list[dict[str, Any]], run: Path, test: Path, settings: list[str], variants: list[str], seeds: list[int]
+) -> dict[str, Any]:
+    """results.json's `comparisons`, `best` and `power` (`rmboost.comparisons.compare_cells`)."""
+    unit, n_units = heldout_units(test)
+    return compare_cells(cell_outcomes(cells, run), unit, n_units, settings, variants, seeds)
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -72,6 +104,8 @@ def format_table(results: dict[str, Any]) -> str:
         text.append(f"baselines: longer-wins {lw['accuracy'] * 100:.1f} "
                     f"[{lw['ci'][0] * 100:.1f}, {lw['ci'][1] * 100:.1f}], coin 50.0; "
                     f"test: {results['test']['pairs']} pairs, {results['test']['groups']} questions")
+    if "comparisons" in results:
+        text.append(format_comparisons(results))
     return "\n".join(text)
 
 

@@ -20,7 +20,7 @@ from rmboost.experiment.config import cells, load_config, variants
 from rmboost.experiment.data import prepare_data
 from rmboost.experiment.generation import generate_config, generate_variant, generator_backend
 from rmboost.experiment.log import RunLog
-from rmboost.experiment.results import format_table, heldout_info, summarize_table
+from rmboost.experiment.results import compare_run, format_table, heldout_info, summarize_table
 from rmboost.experiment.training import rm_settings, run_cell
 from rmboost.llm import Backend
 from rmboost.runfolder import REAL, RunFolder, count_rows, pairs_rel
@@ -71,6 +71,8 @@ async def run_experiment(
     def save() -> None:
         results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         results["table"] = summarize_table(results["cells"], run, paths["test"])
+        results.update(compare_run(results["cells"], run, paths["test"], results["settings"],
+                                   [v["name"] for v in results["variants"]], results["seeds"]))
         tmp = folder.results.with_name(folder.results.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n", "utf-8")
         tmp.replace(folder.results)

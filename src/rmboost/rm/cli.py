@@ -15,9 +15,10 @@ import typer
 from rich.table import Table
 
 from rmboost import options
-from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
 from rmboost.options import fraction, option, reuse
+from rmboost.rm.rewardbench import FORMATS
 from rmboost.rm.train import TrainRMConfig
 
 DEFAULT_QA_FEEDBACK = Path("../shared/data/qa_feedback")
@@ -36,14 +37,7 @@ def train_rm(cfg: TrainRMConfig) -> None:
     """Train a Bradley-Terry reward model on preference pairs (TRL RewardTrainer)."""
     from rmboost.rm.train import train_rm as run
 
-    try:
-        summary = run(cfg, err)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: nothing was saved")
-        raise typer.Exit(130) from None
-    except USER_ERRORS as exc:
-        raise _fail(str(exc)) from None
-    print_train_summary(summary)
+    run_training(run, cfg, print_train_summary)
 
 
 def print_train_summary(s: dict[str, Any]) -> None:
@@ -83,8 +77,9 @@ class ScoreOptions:
 
 @dataclass
 class EvalRMOptions:
-    model: Path = reuse(ScoreOptions, "model")
-    test: Path = option(flags=("--test",), help="Held-out pair file.")
+    model: list[Path] = option(flags=("--model", "-m"), help="Folder written by train-rm; give it twice (A, B) to compare two models, paired, on the same pairs.")
+    test: Path = option(flags=("--test",), help="Held-out pair file (or a RewardBench file with --format).")
+    format: str = option("pairs", choices=FORMATS, help="pairs (rmboost's pair files), rewardbench (v1: prompt/chosen/rejected/subset rows) or rewardbench2 (best-of-4 chosen/rejected lists, Ties).")
     output: Path | None = option(None, flags=("--output", "-o"), help="Write all metrics as JSON here.")
     prompt_field: str | None = reuse(ScoreOptions, "prompt_field")
     max_length: int | None = reuse(ScoreOptions, "max_length")
@@ -97,32 +92,52 @@ class EvalRMOptions:
 
 @options.command(EvalRMOptions)
 def eval_rm(opts: EvalRMOptions) -> None:
-    """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines."""
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.evaluate import evaluate_scores
+    """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines.
+
+    Two --model: their paired difference on the same pairs. --format rewardbench or
+    rewardbench2: per-subset accuracy and the benchmark's section scores.
+    """
+    from rmboost.rm.compare import compare_models, print_comparison
+    from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
     from rmboost.rm.score import RewardScorer
 
-    model, test, output, prompt_field = opts.model, opts.test, opts.output, opts.prompt_field
+    output = opts.output
     try:
-        scorer = RewardScorer(model, device=opts.device, batch_size=opts.batch_size, max_length=opts.max_length)
-        pairs = read_pairs(test, prompt_field or scorer.prompt_field)
-        chosen, rejected = scorer.score_pairs(pairs)
-        metrics = evaluate_scores(pairs, chosen, rejected, resamples=opts.resamples, seed=opts.seed)
-        metrics.update(
-            model=str(model),
-            test=str(test),
-            prompt_field=prompt_field or scorer.prompt_field,
-            max_length=scorer.max_length,
-            truncated=dict(scorer.truncated),
-        )
+        if opts.format != "pairs":
+            if len(opts.model) != 1:
+                raise ValueError(f"--format {opts.format} scores one --model at a time")
+            scorer = RewardScorer(opts.model[0], device=opts.device, batch_size=opts.batch_size,
+                                  max_length=opts.max_length)
+            result = {"model": str(opts.model[0]), "test": str(opts.test),
+                      **evaluate_benchmark(scorer, opts.test, opts.format)}
+        elif len(opts.model) == 1:
+            result = _evaluate_one(opts)
+        else:
+            result = compare_models(opts.model, opts.test, opts.prompt_field, opts.max_length, opts.batch_size,
+                                    opts.resamples, opts.seed, opts.device)
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(metrics, indent=2) + "\n", "utf-8")
+            output.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    print_eval(metrics, opts.show_groups)
+    if opts.format != "pairs":
+        print_benchmark(result, out)
+    elif len(opts.model) == 1:
+        print_eval(result, opts.show_groups)
+    else:
+        print_comparison(result, out)
     if output is not None:
         out.print(f"metrics written to {output}", highlight=False)
+
+
+def _evaluate_one(opts: EvalRMOptions) -> dict[str, Any]:
+    """One model on a pair file, with what a comparison of two such models there could detect."""
+    from rmboost.rm.compare import evaluate_model, single_model_power
+
+    metrics, pairs, right = evaluate_model(opts.model[0], opts.test, opts.prompt_field, opts.max_length,
+                                           opts.batch_size, opts.resamples, opts.seed, opts.device)
+    metrics["power"] = single_model_power(pairs, right)
+    return metrics
 
 
 def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
@@ -147,6 +162,10 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
         f"at max length {m['max_length']}",
         highlight=False,
     )
+    if m.get("power"):
+        from rmboost.power import describe_power
+
+        out.print(describe_power(m["power"], "a comparison of two such models on this file"), highlight=False)
     groups = m.get("groups") or {}
     if not groups:
         return

@@ -9,9 +9,10 @@ formatter truncates the prompt instead and ends each sequence with the tokenizer
 ([SEP] for encoders, EOS / end-of-turn for decoders), so TRL's tokenization is never used.
 
 Device policy, schedule, progress, metadata and clean-up are the training harness's
-(`rmboost.training`, shared with `rmboost dpo`). Multi-GPU needs nothing from us:
+(`rmboost.training`, shared with `rmboost dpo`), including several processes:
 `accelerate launch -m rmboost.cli train-rm ...` (or `accelerate launch $(which rmboost) train-rm ...`)
-and the Trainer runs data-parallel.
+and the Trainer runs data-parallel on the same global batch. Before saving, the model is made
+loadable by plain transformers with the same scores (`rmboost.rm.portable`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from rmboost.rm.data import (
     tokenize_pairs,
 )
 from rmboost.rm.evaluate import evaluate_scores
+from rmboost.rm.portable import make_portable
 from rmboost.rm.score import RewardScorer
 from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
 
@@ -55,7 +57,7 @@ class TrainRMConfig:
     max_length: int = option(256, help="Tokens per (prompt, response); the prompt is cut from its end, the response kept whole.")
     epochs: float = option(2.0)
     learning_rate: float = option(3e-5, flags=("--learning-rate", "--lr"))
-    batch_size: int = option(16, help="Pairs per device per step.")
+    batch_size: int = option(16, help="Pairs per step over all processes (the global batch; each of N processes takes 1/N).")
     grad_accum: int = option(1, help="Gradient accumulation steps.")
     warmup_ratio: float = option(0.03, help="Linear warmup over this share of the steps.")
     lr_scheduler: str = option("cosine", flags=("--scheduler",), help="Learning-rate schedule (transformers name).")
@@ -206,6 +208,7 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
 
+    make_portable(trainer.model)  # loads and scores the same with plain transformers
     run.save(trainer, cfg.output)
     if has_val and run.main:
         scorer = RewardScorer.from_model(trainer.model, tokenizer, formatter, batch_size=max(8, cfg.batch_size))
