@@ -183,11 +183,11 @@ def tiny_bert(tmp_path_factory) -> Path:
     return folder
 
 
-def tiny_config(path: Path, data: dict[str, Path], **overrides: Any) -> Path:
+def tiny_config(path: Path, files: dict[str, Path], **overrides: Any) -> Path:
     cfg: dict[str, Any] = {
         "name": "tiny",
         "task": "qa_feedback",
-        "data": {"prompts": str(data["prompts"]), "real_train": str(data["real"]), "test": str(data["test"])},
+        "data": {"prompts": str(files["prompts"]), "real_train": str(files["real"]), "test": str(files["test"])},
         "generator": {"max_tokens": 40},
         "judge": {"mode": "logprobs"},
         "generation": {"n": 2},
@@ -426,14 +426,16 @@ def test_grid_slice_on_the_embedded_models(tmp_path, tiny_data):
 
     from rmboost.experiment import run_experiment
 
-    config = tiny_config(tmp_path / "real.yaml", tiny_data, methods=["rlcd"], ablations=[], settings=["syn"],
-                         analysis={"beta_limit": 1, "report": False})
+    one_prompt = {"prompts": str(tiny_data["prompts"]), "real_train": str(tiny_data["real"]),
+                  "test": str(tiny_data["test"]), "prompts_limit": 1}  # a prompt costs ~30 s on 2 busy cores
+    config = tiny_config(tmp_path / "real.yaml", tiny_data, data=one_prompt, methods=["rlcd"], ablations=[],
+                         settings=["syn"], analysis={"beta_limit": 1, "report": False})
     quiet = Console(file=io.StringIO())
     results = asyncio.run(run_experiment(config, out=tmp_path / "run", console=quiet))
     run = tmp_path / "run"
     assert results["generator"] == {"backend": "llamacpp", "model": "SmolLM2-135M-Instruct"}
     check_variants(run, results, {})
-    assert results["generation"]["rlcd"]["pairs"] > 0
+    assert results["generation"]["rlcd"]["pairs"] == 1, (run / "gen" / "rlcd" / "pairs.failures.jsonl").read_text()
     assert [c["status"] for c in results["cells"]] == ["ok"]
     beta = read_jsonl(run / "gen" / "rlcd" / "beta.jsonl")
     assert len(beta) == 1 and beta[0]["tokens"] > 0
