@@ -292,23 +292,14 @@ def merge(
     inputs: Annotated[list[Path], typer.Argument(help="Shard outputs to merge.")],
     output: Annotated[Path, typer.Option("--output", "-o")],
 ) -> None:
-    """Merge shard outputs into one dataset (ids must not repeat across shards)."""
-    from rmboost.data.pairs import atomic_write_jsonl, read_pairs
+    """Merge shard outputs into one dataset (ids must not repeat across shards); streamed."""
+    from rmboost.data.pairs import merge_pair_files
 
-    seen: dict[str, Path] = {}
-    rows = []
     try:
-        for path in inputs:
-            for row in read_pairs(path):
-                if row["id"] in seen:
-                    raise ValueError(f"id {row['id']!r} is in both {seen[row['id']]} and {path}")
-                seen[row["id"]] = path
-                rows.append(row)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_jsonl(output, rows)
+        count = merge_pair_files(inputs, output)
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    out.print(f"{len(rows)} pairs from {len(inputs)} files written to {output}")
+    out.print(f"{count} pairs from {len(inputs)} files written to {output}")
 
 
 @app.command()

@@ -1,17 +1,21 @@
 """`rmboost generate`: prompts in, preference pairs out, resumable and accounted for.
 
-The job: read and validate every input row, fix the labels, skip ids already in the output,
-then run the method over the rest with a pool of async workers. Pairs stream to the output,
+The job: read and validate every input row in one streaming pass, skip ids already in the
+output, then stream the rest to a pool of async workers. Labels are fixed per input position before any call. Pairs stream to the output,
 unusable answers to the failures file, and the closing summary to `<name>.summary.json`.
+Memory does not grow with the job: the rows in flight are held, ids and offsets go to the
+job's on-disk index (data/job_index.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,13 @@ from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
 from rmboost.data import qa_feedback
-from rmboost.data.inputs import InputError, apply_field_map, read_rows
+from rmboost.data.inputs import InputError, iter_rows, map_fields, repeated_id, unique_ids
+from rmboost.data.job_index import JobIndex
 from rmboost.data.pairs import (
     FailureLog,
     PairWriter,
-    read_jsonl_tolerant,
+    check_output_name,
+    iter_jsonl_tolerant,
     sidecar,
     to_conversational,
 )
@@ -34,7 +40,7 @@ from rmboost.methods.common import MethodContext, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
 from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
-from rmboost.methods.rmboost import assign_labels, rmboost_pair
+from rmboost.methods.rmboost import balanced_label, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
 from rmboost.progress import JobProgress
 from rmboost.prompts import ASPECT_MODES, Label
@@ -126,8 +132,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     return kk, nn
 
 
-def load_prompt_rows(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    """Rows with ids, from a generic file or the QA-Feedback release."""
+def iter_prompt_rows(cfg: GenerateConfig) -> Iterator[dict[str, Any]]:
+    """The job's rows (after --limit) with ids and `_index`, streamed; ids are not checked for repeats."""
     source = str(cfg.input)
     fmt = cfg.input_format
     if fmt == "auto":
@@ -135,35 +141,56 @@ def load_prompt_rows(cfg: GenerateConfig) -> list[dict[str, Any]]:
         is_qaf = path.name == "dev_feedback.json" or (path.is_dir() and (path / "dev_feedback.json").is_file())
         fmt = "qa_feedback" if is_qaf else "rows"
     if fmt == "qa_feedback":
-        rows = qa_feedback.load_prompts(source)
+        rows = iter(qa_feedback.load_prompts(source))  # one JSON document, read whole
     elif fmt == "rows":
-        rows = read_rows(source, split=cfg.split)
+        rows = iter_rows(source, split=cfg.split)
     else:
         raise InputError(f"unknown input format {fmt!r} (use auto, rows or qa_feedback)")
-    return apply_field_map(rows, cfg.fields, id_field=cfg.id_field, source=source)
+    return itertools.islice(map_fields(rows, cfg.fields, id_field=cfg.id_field, source=source), cfg.limit)
 
 
-def validate_rows(rows: list[dict[str, Any]], cfg: GenerateConfig, task: TaskSpec) -> None:
+def load_prompt_rows(cfg: GenerateConfig) -> list[dict[str, Any]]:
+    """All rows with ids, from a generic file or the QA-Feedback release (ids checked unique)."""
+    return list(unique_ids(iter_prompt_rows(replace(cfg, limit=None)), str(cfg.input)))
+
+
+def validate_row(row: dict[str, Any], cfg: GenerateConfig, task: TaskSpec) -> None:
     """Fail before any call if a row lacks a field the task needs: name the row and the field."""
-    for row in rows:
-        missing = task.missing_fields(row)
-        if cfg.y1_from and row.get(cfg.y1_from) in (None, ""):
-            missing.append(cfg.y1_from)
-        if missing:
-            hint = "" if cfg.fields else " (map your columns with --field TASK_FIELD=COLUMN)"
-            raise InputError(
-                f"{cfg.input}, row {row['_index']} (id {row['id']}): missing field "
-                f"{', '.join(repr(m) for m in missing)} needed by task {task.name!r}{hint}"
-            )
+    missing = task.missing_fields(row)
+    if cfg.y1_from and row.get(cfg.y1_from) in (None, ""):
+        missing.append(cfg.y1_from)
+    if missing:
+        hint = "" if cfg.fields else " (map your columns with --field TASK_FIELD=COLUMN)"
+        raise InputError(
+            f"{cfg.input}, row {row['_index']} (id {row['id']}): missing field "
+            f"{', '.join(repr(m) for m in missing)} needed by task {task.name!r}{hint}"
+        )
+
+
+def index_inputs(cfg: GenerateConfig, task: TaskSpec, index: JobIndex) -> None:
+    """The first pass: validate every row and record its id by position (a repeated id fails)."""
+
+    def checked() -> Iterator[tuple[int, str]]:
+        for row in iter_prompt_rows(cfg):
+            validate_row(row, cfg, task)
+            yield row["_index"], row["id"]
+
+    if (repeat := index.add_inputs(checked())) is not None:
+        raise repeated_id(str(cfg.input), *repeat)
+
+
+def label_for(position: int, mode: str, seed: int) -> Label:
+    """The label of the row at an input position, fixed before any call: balanced and seeded, or one for all."""
+    if mode == "balanced":
+        return balanced_label(position, seed)
+    if mode in ("better", "worse"):
+        return mode  # type: ignore[return-value]
+    raise ValueError(f"unknown label mode {mode!r} (use balanced, worse or better)")
 
 
 def fixed_labels(ids: list[str], mode: str, seed: int) -> dict[str, Label]:
-    """The labels, fixed before any call: balanced and seeded, or one label for every row."""
-    if mode == "balanced":
-        return assign_labels(ids, seed)
-    if mode in ("better", "worse"):
-        return dict.fromkeys(ids, mode)
-    raise ValueError(f"unknown label mode {mode!r} (use balanced, worse or better)")
+    """`label_for` of every row of a job, by id."""
+    return {row_id: label_for(position, mode, seed) for position, row_id in enumerate(ids)}
 
 
 def needs_judge(cfg: GenerateConfig) -> bool:
@@ -186,29 +213,38 @@ async def run_generate(
     judge_backend: Backend | None = None,
 ) -> GenerateSummary:
     """Run one generation job; `backend`/`judge_backend` override the options (tests, library use)."""
-    console = console or Console(stderr=True)
     started = time.monotonic()
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r} (available: {', '.join(METHODS)})")
     if cfg.aspect_mode not in ASPECT_MODES:
         raise ValueError(f"unknown aspect mode {cfg.aspect_mode!r} (use {', '.join(ASPECT_MODES)})")
+    label_for(0, cfg.labels, cfg.seed)  # an unknown label mode fails here
     task = load_task(cfg.task)
-    rows = load_prompt_rows(cfg)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-    validate_rows(rows, cfg, task)
-    labels = fixed_labels([r["id"] for r in rows], cfg.labels, cfg.seed)
-    if cfg.shard:
-        k, n = cfg.shard
-        rows = [r for i, r in enumerate(rows) if i % n == k - 1]
-
     output = Path(cfg.output)
-    writer = PairWriter(output)
+    check_output_name(output)
+    index = JobIndex()
+    try:
+        return await _run_job(cfg, task, index, console or Console(stderr=True), backend,
+                              judge_backend, started)
+    finally:
+        index.close()
+
+
+async def _run_job(
+    cfg: GenerateConfig, task: TaskSpec, index: JobIndex, console: Console, backend: Backend | None,
+    judge_backend: Backend | None, started: float,
+) -> GenerateSummary:
+    index_inputs(cfg, task, index)
+    shard = cfg.shard or (1, 1)
+    output = Path(cfg.output)
+    writer = PairWriter(output, index)
     failures = FailureLog(sidecar(output, "failures"))
     removed = FailureLog(sidecar(output, "filtered"))
-    finished = writer.done_ids | _ids_in(removed.path)  # a filtered pair is a finished decision
-    resumed = len(writer.done_ids & {r["id"] for r in rows})
-    todo = [r for r in rows if r["id"] not in finished]
+    if removed.path.exists():  # a filtered pair is a finished decision
+        index.add_settled(row["id"] for _, _, row in iter_jsonl_tolerant(removed.path))
+    prompts = index.count_inputs(shard)
+    resumed = index.count_inputs(shard, "paired")
+    todo = index.count_inputs(shard, "todo")
 
     backend = backend or make_backend(cfg.backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
@@ -239,20 +275,38 @@ async def run_generate(
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress)
+    progress = JobProgress(total=todo, usage=llm.usage, console=console, enabled=cfg.show_progress)
+    n_workers = max(1, cfg.concurrency)
     try:
         if todo:
             await backend.check()
             if judge is not None:
                 await judge.ctx.llm.backend.check()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for row in todo:
-            queue.put_nowait(row)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=2 * n_workers)
+
+        def todo_rows() -> Iterator[dict[str, Any]]:
+            """The second pass over the input: this shard's rows still to do."""
+            k, n = shard
+            for row in iter_prompt_rows(cfg) if todo else ():
+                pos = row["_index"]
+                if pos % n != k - 1:
+                    continue
+                if index.input_id(pos) != row["id"]:
+                    raise InputError(f"{cfg.input} changed while the job was reading it (row {pos})")
+                if not index.is_done(row["id"]):
+                    validate_row(row, cfg, task)
+                    yield row
+
+        async def produce() -> None:
+            for row in todo_rows():
+                await queue.put(row)
+            for _ in range(n_workers):
+                await queue.put(None)  # one stop sign per worker
 
         async def one(row: dict[str, Any]) -> None:
             nonlocal written, judged
             try:
-                pair = await make_pair(ctx, row, labels[row["id"]])
+                pair = await make_pair(ctx, row, label_for(row["_index"], cfg.labels, cfg.seed))
                 if cfg.filter:
                     assert judge is not None
                     judged += 1
@@ -275,19 +329,19 @@ async def run_generate(
             progress.advance()
 
         async def worker() -> None:
-            while not queue.empty():
-                await one(queue.get_nowait())
+            while (row := await queue.get()) is not None:
+                await one(row)
 
         with progress:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, cfg.concurrency))]
+            tasks = [asyncio.create_task(produce()), *(asyncio.create_task(worker()) for _ in range(n_workers))]
             try:
-                await asyncio.gather(*workers)
+                await asyncio.gather(*tasks)
             except BaseException:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 raise
-        writer.finalize(order=[r["id"] for r in rows])
+        writer.finalize()
     finally:
         writer.close()
         failures.close()
@@ -307,10 +361,10 @@ async def run_generate(
         method=cfg.method,
         task=task.name,
         model=backend.model,
-        prompts=len(rows),
+        prompts=prompts,
         resumed=resumed,
         pairs_written=written,
-        pairs_total=len(writer.rows),
+        pairs_total=len(writer),
         failures=dict(progress.failures),
         failures_by_step=dict(failed_steps),
         filtered=filtered,
@@ -321,16 +375,10 @@ async def run_generate(
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
-        labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
+        labels=index.label_counts(),
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
-
-
-def _ids_in(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {r["id"] for r in read_jsonl_tolerant(path)[0]}
 
 
 def _make_scorer(cfg: GenerateConfig, task: TaskSpec, judge: Judge | None) -> Any:
