@@ -114,6 +114,7 @@ def generate(
 ) -> None:
     """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
     from rmboost.data.inputs import parse_field_map
+    from rmboost.data.output_lock import OutputBusy
     from rmboost.generate import GenerateConfig, parse_shard, run_generate
 
     try:
@@ -171,6 +172,8 @@ def generate(
             "run the same command again to resume."
         )
         raise typer.Exit(130) from None
+    except OutputBusy as exc:  # the other job owns the output: nothing here to resume
+        raise _fail(str(exc)) from None
     except USER_ERRORS as exc:
         raise _fail(f"{exc}" + _kept_note(output)) from None
     print_summary(summary)

@@ -1,7 +1,8 @@
 """`rmboost generate`: prompts in, preference pairs out, resumable and accounted for.
 
-The job: read and validate every input row in one streaming pass, skip ids already in the
-output, then stream the rest to a pool of async workers. Labels are fixed per input position before any call. Pairs stream to the output,
+The job: take the output's lock (one writer per output), read and validate every input row in
+one streaming pass, skip ids already in the output, then stream the rest to a pool of async
+workers. Labels are fixed per input position before any call. Pairs stream to the output,
 unusable answers to the failures file, and the closing summary to `<name>.summary.json`.
 Memory does not grow with the job: the rows in flight are held, ids and offsets go to the
 job's on-disk index (data/job_index.py).
@@ -26,6 +27,7 @@ from rmboost.backends import BackendOptions, make_backend
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import InputError, iter_rows, map_fields, repeated_id, unique_ids
 from rmboost.data.job_index import JobIndex
+from rmboost.data.output_lock import hold_output
 from rmboost.data.pairs import (
     FailureLog,
     PairWriter,
@@ -212,7 +214,11 @@ async def run_generate(
     cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None,
     judge_backend: Backend | None = None,
 ) -> GenerateSummary:
-    """Run one generation job; `backend`/`judge_backend` override the options (tests, library use)."""
+    """Run one generation job; `backend`/`judge_backend` override the options (tests, library use).
+
+    The output's lock comes first: while another job writes the same output, this one stops
+    with OutputBusy (a ValueError naming that job) before it reads a row or calls anyone.
+    """
     started = time.monotonic()
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r} (available: {', '.join(METHODS)})")
@@ -222,12 +228,13 @@ async def run_generate(
     task = load_task(cfg.task)
     output = Path(cfg.output)
     check_output_name(output)
-    index = JobIndex()
-    try:
-        return await _run_job(cfg, task, index, console or Console(stderr=True), backend,
-                              judge_backend, started)
-    finally:
-        index.close()
+    with hold_output(output):
+        index = JobIndex()
+        try:
+            return await _run_job(cfg, task, index, console or Console(stderr=True), backend,
+                                  judge_backend, started)
+        finally:
+            index.close()
 
 
 async def _run_job(
