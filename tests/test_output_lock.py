@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ScriptedBackend, read_jsonl, run
-from servers import ScriptedServer, sleep
+from servers import ScriptedServer, ok, sleep
 
 from rmboost.data.output_lock import OutputBusy, hold_output, lock_path
 from rmboost.generate import GenerateConfig, run_generate
@@ -98,6 +98,10 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
+def complete_lines(path: Path) -> list[str]:
+    return [x for x in path.read_text("utf-8").splitlines(keepends=True) if x.endswith("\n")] if path.exists() else []
+
+
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -110,12 +114,12 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120)
 
 @pytest.mark.server
 def test_second_process_is_refused_naming_the_first_then_kill_9_frees_the_output(tmp_path: Path):
-    src, out, cache = prompts(tmp_path / "in.jsonl", 3), tmp_path / "pairs.jsonl", tmp_path / "cache.sqlite"
-    with ScriptedServer(default=sleep(15)) as stuck, ScriptedServer() as other:
-        first = subprocess.Popen(generate_cmd(stuck.base_url, out, cache, src), env=child_env(),
+    src, out, cache = prompts(tmp_path / "in.jsonl", 5), tmp_path / "pairs.jsonl", tmp_path / "cache.sqlite"
+    with ScriptedServer([ok(), ok()], default=sleep(15)) as server, ScriptedServer() as other:
+        first = subprocess.Popen(generate_cmd(server.base_url, out, cache, src), env=child_env(),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            wait_for(lambda: stuck.attempts >= 1, first, "a request from the first job")
+        try:  # two pairs written, the third request hangs
+            wait_for(lambda: server.attempts >= 3 and len(complete_lines(out)) == 2, first, "two pairs")
             second = subprocess.run(generate_cmd(other.base_url, out, cache, src), env=child_env(),
                                     capture_output=True, text=True, timeout=120)
             assert second.returncode == 2, second.stderr
@@ -128,11 +132,20 @@ def test_second_process_is_refused_naming_the_first_then_kill_9_frees_the_output
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
         assert lock_path(out).exists()  # kill -9 left the file, but not the lock
-        third = subprocess.run(generate_cmd(other.base_url, out, cache, src), env=child_env(),
+        server.default = ok()
+        third = subprocess.run(generate_cmd(server.base_url, out, cache, src), env=child_env(),
                                capture_output=True, text=True, timeout=300)
         assert third.returncode == 0, third.stderr
-        assert [r["id"] for r in read_jsonl(out)] == ["p0", "p1", "p2"]
+        assert json.loads((tmp_path / "pairs.summary.json").read_text())["resumed"] == 2
+        assert [r["id"] for r in read_jsonl(out)] == [f"p{i}" for i in range(5)]
         assert not lock_path(out).exists()
+        # the same job uninterrupted (answers from the cache) writes the same bytes
+        asked = server.attempts
+        fresh = subprocess.run(generate_cmd(server.base_url, tmp_path / "fresh.jsonl", cache, src),
+                               env=child_env(), capture_output=True, text=True, timeout=300)
+        assert fresh.returncode == 0, fresh.stderr
+        assert server.attempts == asked
+        assert (tmp_path / "fresh.jsonl").read_bytes() == out.read_bytes()
 
 
 @pytest.mark.server
