@@ -80,6 +80,21 @@ def test_two_jobs_on_one_output_in_one_process_one_is_refused(tmp_path: Path):
     assert run(both()).pairs_written == 4
 
 
+def test_the_experiment_runner_resumes_a_variant_under_the_lock(tmp_path: Path):
+    """Its pattern: the variant's job, then on a re-run the job again and a replay into a scratch file."""
+    from rich.console import Console
+
+    from rmboost.experiment import generate_variant
+
+    out = tmp_path / "gen" / "rmboost" / "pairs.jsonl"
+    cfg, backend = cfg_for(tmp_path, out), ScriptedBackend(answer)
+    first = run(generate_variant(cfg, Console(quiet=True), backend, None))
+    again = run(generate_variant(cfg, Console(quiet=True), backend, None))
+    assert first["pairs"] == again["pairs"] == 4 and again["calls_this_run"] == 0
+    assert again["tokens_in"] == first["tokens_in"] > 0  # the replay saw the whole job
+    assert not lock_path(out).exists()
+
+
 def test_pairs_jsonl_and_pairs_parquet_share_a_lock(tmp_path: Path):
     with hold_output(tmp_path / "pairs.jsonl"), pytest.raises(OutputBusy):  # they share pairs.failures.jsonl
         run(run_generate(cfg_for(tmp_path, tmp_path / "pairs.parquet"), backend=ScriptedBackend(answer)))
