@@ -76,11 +76,13 @@ class JitteryBackend(ScriptedBackend):
     def __init__(self, die_after: int | None = None, seed: int = 0):
         super().__init__(answer)
         self.die_after = die_after
+        self.started = 0  # requests accepted: exactly `die_after` are answered, however many overlap
         self.rng = random.Random(seed)
 
     async def complete(self, messages, params):
-        if self.die_after is not None and len(self.calls) >= self.die_after:
+        if self.die_after is not None and self.started >= self.die_after:
             raise FatalLLMError("scripted: the endpoint went away")
+        self.started += 1
         await asyncio.sleep(self.rng.random() * 0.01)
         return await super().complete(messages, params)
 
@@ -102,15 +104,15 @@ def test_labels_per_position_are_the_old_labels():
 def test_interrupted_out_of_order_resume_writes_the_old_bytes(tmp_path: Path):
     cfg = cfg_for(tmp_path, 30)
     out = Path(cfg.output)
-    with pytest.raises(FatalLLMError):
-        run(run_generate(cfg, backend=JitteryBackend(die_after=40)))
+    with pytest.raises(FatalLLMError):  # 30 of the 60 answers: at most 15 pairs, 8 more y1 in the cache
+        run(run_generate(cfg, backend=JitteryBackend(die_after=30)))
     lines = read_jsonl(out)
     ids = [r["id"] for r in lines]
     assert 5 < len(ids) < 30 and ids != sorted(ids, key=lambda i: int(i[1:])), "an unordered partial file"
     with out.open("a", encoding="utf-8") as fh:
         fh.write('{"id": "p29", "prompt": "torn by kill -')  # a torn last line
 
-    # Resume, but stop before the end as well: the working file is what the old code would read.
+    # Resume, but stop before the end as well (at least 22 answers are missing, 10 are given).
     backend = JitteryBackend(die_after=10, seed=1)
     with pytest.raises(FatalLLMError):
         run(run_generate(cfg, backend=backend))
