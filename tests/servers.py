@@ -6,7 +6,8 @@ Two kinds, both bound to 127.0.0.1 only and always stopped by their context mana
   OpenAI-compatible endpoint, so the backend is tested against what it will meet, not a mock.
 * `ScriptedServer`: a tiny threaded `http.server` answering chat requests from a script
   (429 with Retry-After, 5xx, dropped connections, slow answers, then a valid completion), for
-  the failure paths a real model server cannot be made to produce on demand.
+  the failure paths a real model server cannot be made to produce on demand; with `reply`, a
+  fast stand-in model whose answers depend on the request (the experiment's kill/resume test).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -232,9 +233,15 @@ class ScriptedServer:
     dropped one cannot be mistaken for a stale keep-alive connection.
     """
 
-    def __init__(self, script: list[Step] | None = None, default: Step | None = None):
+    def __init__(
+        self,
+        script: list[Step] | None = None,
+        default: Step | None = None,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+    ):
         self.script = list(script or [])
         self.default = default or ok()
+        self.reply = reply  # the answer text from the request body (default: SCRIPTED_TEXT); may block
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
@@ -308,8 +315,9 @@ class ScriptedServer:
                     return
                 if step.kind == "sleep":
                     time.sleep(step.seconds)
-                with contextlib.suppress(OSError):  # the client may have given up (timeout)
-                    self._send_json(200, chat_completion_body())
+                text = server.reply(body) if server.reply else SCRIPTED_TEXT
+                with contextlib.suppress(OSError):  # the client may have given up (timeout, kill)
+                    self._send_json(200, chat_completion_body(text))
 
         return Handler
 

@@ -23,7 +23,8 @@ from conftest import ScriptedBackend, read_jsonl, run
 
 from rmboost.data.inputs import InputError, iter_rows
 from rmboost.data.pairs import PairWriter, read_jsonl_tolerant
-from rmboost.generate import GenerateConfig, iter_prompt_rows, run_generate
+from rmboost.generate import GenerateConfig, run_generate
+from rmboost.job_inputs import PromptSource, iter_prompt_rows
 from rmboost.llm import FatalLLMError
 from rmboost.methods.common import derive_seed
 from rmboost.methods.rmboost import assign_labels, balanced_label
@@ -203,8 +204,7 @@ def test_inputs_are_read_as_a_stream(tmp_path: Path):
     assert next(rows)["id"] == "p0"  # a list reader would have failed on line 4 already
     with pytest.raises(InputError, match="line 4: not valid JSON"):
         list(rows)
-    cfg = GenerateConfig(task="qa_feedback", input=str(src), output=tmp_path / "o.jsonl", limit=3)
-    assert [r["id"] for r in iter_prompt_rows(cfg)] == ["p0", "p1", "p2"]  # --limit stops reading
+    assert [r["id"] for r in iter_prompt_rows(PromptSource(input=str(src), limit=3))] == ["p0", "p1", "p2"]
 
 
 def test_parquet_input_streams_by_batches(tmp_path: Path):

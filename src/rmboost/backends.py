@@ -5,21 +5,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rmboost.llm.types import Backend
+from rmboost.options import option
+
+BACKENDS = ("llamacpp", "openai")
 
 
 @dataclass
 class BackendOptions:
-    backend: str = "llamacpp"  # "llamacpp" | "openai"
-    model: str | None = None  # openai: the served model name; llamacpp: a GGUF path (None = embedded)
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 6
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    n_ctx: int = 8192
-    threads: int | None = None  # llamacpp: CPU threads (None: all cores; 1 is faster on a busy machine)
-    logits_all: bool = False
+    """Which model answers and how it is reached: `rmboost generate`'s backend flags, an
+    experiment's `generator` section, and the judge's connection (see JudgeOptions)."""
+
+    backend: str = option("llamacpp", choices=BACKENDS,
+                          help="llamacpp (local GGUF) or openai (any compatible endpoint).")
+    model: str | None = option(None, help="openai: served model name; llamacpp: GGUF path (default: embedded SmolLM2-135M-Instruct).")
+    base_url: str | None = option(None, help="openai: endpoint, e.g. http://localhost:8000/v1.")
+    api_key_env: str = option("OPENAI_API_KEY", help="openai: environment variable holding the API key.")
+    requests_per_minute: float | None = option(None, flags=("--rpm",), help="openai: requests per minute limit.")
+    tokens_per_minute: float | None = option(None, flags=("--tpm",), help="openai: tokens per minute limit.")
+    timeout: float = option(120.0, help="openai: per-request timeout in seconds.")
+    max_retries: int = option(6, help="openai: retries on 429/5xx/timeouts.")
+    n_ctx: int = option(8192, help="llamacpp: context window.")
+    threads: int | None = option(None, help="llamacpp: CPU threads (default: all cores; fewer helps when the machine is busy).")
+    logits_all: bool = option(False, cli=False, yaml=False)  # library use: every position's logits
 
 
 def make_backend(opts: BackendOptions) -> Backend:

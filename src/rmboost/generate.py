@@ -1,32 +1,28 @@
 """`rmboost generate`: prompts in, preference pairs out, resumable and accounted for.
 
-The job: take the output's lock (one writer per output), read and validate every input row in
-one streaming pass, skip ids already in the output, then stream the rest to a pool of async
-workers. Labels are fixed per input position before any call. Pairs stream to the output,
-unusable answers to the failures file, and the closing summary to `<name>.summary.json`.
-Memory does not grow with the job: the rows in flight are held, ids and offsets go to the
-job's on-disk index (data/job_index.py).
+The job: take the output's lock (one writer per output, data/output_lock.py), read and
+validate every input row in one streaming pass (job_inputs.py), skip ids already in the output,
+then stream the rest to a pool of async workers. Labels are fixed per input position before any
+call. Pairs stream to the output, unusable answers to the failures file, and the closing summary
+to `<name>.summary.json`. Memory does not grow with the job: the rows in flight are held, ids
+and offsets go to the job's on-disk index (data/job_index.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
-from rmboost.data import qa_feedback
-from rmboost.data.inputs import InputError, iter_rows, map_fields, repeated_id, unique_ids
 from rmboost.data.job_index import JobIndex
+from rmboost.data.messages import to_conversational
 from rmboost.data.output_lock import hold_output
 from rmboost.data.pairs import (
     FailureLog,
@@ -34,66 +30,86 @@ from rmboost.data.pairs import (
     check_output_name,
     iter_jsonl_tolerant,
     sidecar,
-    to_conversational,
 )
+from rmboost.job_inputs import PromptSource, index_inputs, todo_rows
 from rmboost.llm import LLM, Backend, SamplingParams
-from rmboost.llm.cache import RequestCache
-from rmboost.methods.common import MethodContext, StepFailed
+from rmboost.llm.accounting import estimate_cost
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import command_backend
+from rmboost.llm.cache import RequestCache, default_cache_path
+from rmboost.methods.common import MethodContext, MethodSettings, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
 from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import balanced_label, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
+from rmboost.options import group, option, pick, reuse, validate
 from rmboost.progress import JobProgress
-from rmboost.prompts import ASPECT_MODES, Label
+from rmboost.prompts import Label
 from rmboost.tasks import TaskSpec, load_task
 
 # Every method: (ctx, row, pre-assigned label) -> pair row, or StepFailed. Only RMBoost uses the label.
 METHODS = {"rmboost": rmboost_pair, "rlaif": rlaif_pair, "rlcd": rlcd_pair, "west-of-n": west_of_n_pair}
 
 
-def default_cache_path() -> Path:
-    """One content-addressed cache per user: sharing it across jobs is safe and saves calls."""
-    if env := os.environ.get("RMBOOST_CACHE"):
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "rmboost" / "llm-cache.sqlite"
+LABEL_MODES = ("balanced", "worse", "better")
 
 
-@dataclass
+def _scorer(value: str) -> str | None:
+    return None if value == "judge" or value.startswith("rm:") else f"{value!r}: use judge or rm:PATH"
+
+
+@dataclass(kw_only=True)
 class GenerateConfig:
-    task: str
-    input: str
-    output: Path
-    method: str = "rmboost"
-    fields: dict[str, str] = field(default_factory=dict)
-    id_field: str = "id"
-    split: str = "train"
-    input_format: str = "auto"  # "auto" | "rows" | "qa_feedback"
-    limit: int | None = None
-    seed: int = 0
-    shard: tuple[int, int] | None = None  # (k, N), 1-based k
-    conversational: bool = False
-    backend: BackendOptions = field(default_factory=BackendOptions)
-    concurrency: int = 1
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 512
-    cache: Path | None = None  # None: default_cache_path()
-    use_cache: bool = True
-    aspect_mode: str = "model-selects"
-    aspects_k: int = 2
-    y1_from: str | None = None
-    labels: str = "balanced"  # rmboost: "balanced", or every y2 "worse" / "better" than y1
-    max_attempts: int = 3
-    prefill: bool | None = None  # start answers inside <response>; None: on for llamacpp only
-    judge: JudgeOptions = field(default_factory=JudgeOptions)  # rlaif, west-of-n's judge scorer, --filter
-    n: int = 8  # west-of-n pool size
-    scorer: str = "judge"  # west-of-n: "judge" or "rm:PATH"
-    filter: bool = False  # keep a pair only if the judge agrees with its label in both orders
-    price_in: float | None = None  # per million input tokens, for the cost estimate
-    price_out: float | None = None
-    show_progress: bool = True
+    """One generation job: `rmboost generate`'s flags, in this order; an experiment's settings."""
+
+    output: Path = option(flags=("--output", "-o"), help="Pairs file (.jsonl or .parquet).")
+    task: str = option("qa_feedback", help="Built-in task name or a task YAML path.")
+    method: str = option("rmboost", choices=tuple(METHODS), help="Generation method.")
+    input: str = reuse(PromptSource, "input")
+    fields: dict[str, str] = reuse(PromptSource, "fields")
+    id_field: str = reuse(PromptSource, "id_field")
+    split: str = reuse(PromptSource, "split")
+    input_format: str = reuse(PromptSource, "input_format")
+    limit: int | None = reuse(PromptSource, "limit")
+    seed: int = option(0, help="Seeds labels, aspects and every request.")
+    shard: tuple[int, int] | None = option(  # (k, N), 1-based k
+        None, cli_type=str | None, parse=lambda text: parse_shard(text),
+        help="Run shard k of N (k/N, 1-based); merge with `rmboost merge`.",
+    )
+    conversational: bool = option(False, help="Write prompt/chosen/rejected as chat message lists.")
+    backend: BackendOptions = group(BackendOptions)
+    concurrency: int = option(1, help="Requests in flight at once.")
+    temperature: float = option(0.7)
+    top_p: float = option(0.95)
+    max_tokens: int = option(512, help="Per response.")
+    aspect_mode: str = reuse(MethodSettings, "aspect_mode")
+    aspects_k: int = reuse(MethodSettings, "aspects_k")
+    y1_from: str | None = reuse(MethodSettings, "y1_from")
+    labels: str = option(
+        "balanced", choices=LABEL_MODES, noun="label mode",
+        help="rmboost: balanced (half better, half worse), worse (y2 always worse: y1 is chosen, "
+        "the +SFT-Response variant) or better.",
+    )
+    max_attempts: int = option(3, help="Samples per step before a prompt goes to failures.")
+    prefill: bool | None = option(
+        None, flags=("--prefill/--no-prefill",),
+        help="Start each answer inside <response> (default: on for llamacpp; for openai only servers "
+        "that continue a final assistant message, e.g. vLLM).",
+    )
+    cache: Path | None = option(None, help="Request cache (SQLite); default ~/.cache/rmboost/llm-cache.sqlite.")
+    use_cache: bool = option(True, flags=("--no-cache",), cli_type=bool, cli_default=False,
+                             parse=lambda no_cache: not no_cache, help="Neither read nor write the cache.")
+    show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show live progress.")
+    n: int = reuse(MethodSettings, "n")
+    scorer: str = option("judge", check=_scorer,
+                         help="west-of-n: judge (1-10 rating) or rm:PATH (a train-rm checkpoint).")
+    filter: bool = option(False, flags=("--filter",),
+                          help="Keep a pair only if the judge agrees with its label in both orders.")
+    judge: JudgeOptions = group(JudgeOptions, prefix="judge_")  # rlaif, west-of-n's judge scorer, --filter
+    price_in: float | None = option(None, help="Price per million input tokens (cost estimate).")
+    price_out: float | None = option(None, help="Price per million output tokens (cost estimate).")
+    batch: BatchOptions = group(BatchOptions, prefix="batch_")  # rounds of batches (rmboost.llm.batch)
 
 
 @dataclass
@@ -118,6 +134,7 @@ class GenerateSummary:
     cache_hits: int
     wall_seconds: float
     labels: dict[str, int]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches created / re-attached, time waited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -132,53 +149,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not sep or nn < 1 or not 1 <= kk <= nn:
         raise ValueError(f"--shard {text!r}: expected k/N with 1 <= k <= N, e.g. 1/4")
     return kk, nn
-
-
-def iter_prompt_rows(cfg: GenerateConfig) -> Iterator[dict[str, Any]]:
-    """The job's rows (after --limit) with ids and `_index`, streamed; ids are not checked for repeats."""
-    source = str(cfg.input)
-    fmt = cfg.input_format
-    if fmt == "auto":
-        path = Path(source)
-        is_qaf = path.name == "dev_feedback.json" or (path.is_dir() and (path / "dev_feedback.json").is_file())
-        fmt = "qa_feedback" if is_qaf else "rows"
-    if fmt == "qa_feedback":
-        rows = iter(qa_feedback.load_prompts(source))  # one JSON document, read whole
-    elif fmt == "rows":
-        rows = iter_rows(source, split=cfg.split)
-    else:
-        raise InputError(f"unknown input format {fmt!r} (use auto, rows or qa_feedback)")
-    return itertools.islice(map_fields(rows, cfg.fields, id_field=cfg.id_field, source=source), cfg.limit)
-
-
-def load_prompt_rows(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    """All rows with ids, from a generic file or the QA-Feedback release (ids checked unique)."""
-    return list(unique_ids(iter_prompt_rows(replace(cfg, limit=None)), str(cfg.input)))
-
-
-def validate_row(row: dict[str, Any], cfg: GenerateConfig, task: TaskSpec) -> None:
-    """Fail before any call if a row lacks a field the task needs: name the row and the field."""
-    missing = task.missing_fields(row)
-    if cfg.y1_from and row.get(cfg.y1_from) in (None, ""):
-        missing.append(cfg.y1_from)
-    if missing:
-        hint = "" if cfg.fields else " (map your columns with --field TASK_FIELD=COLUMN)"
-        raise InputError(
-            f"{cfg.input}, row {row['_index']} (id {row['id']}): missing field "
-            f"{', '.join(repr(m) for m in missing)} needed by task {task.name!r}{hint}"
-        )
-
-
-def index_inputs(cfg: GenerateConfig, task: TaskSpec, index: JobIndex) -> None:
-    """The first pass: validate every row and record its id by position (a repeated id fails)."""
-
-    def checked() -> Iterator[tuple[int, str]]:
-        for row in iter_prompt_rows(cfg):
-            validate_row(row, cfg, task)
-            yield row["_index"], row["id"]
-
-    if (repeat := index.add_inputs(checked())) is not None:
-        raise repeated_id(str(cfg.input), *repeat)
 
 
 def label_for(position: int, mode: str, seed: int) -> Label:
@@ -199,17 +169,6 @@ def needs_judge(cfg: GenerateConfig) -> bool:
     return cfg.method == "rlaif" or cfg.filter or (cfg.method == "west-of-n" and cfg.scorer == "judge")
 
 
-def estimate_cost(usages: list[dict[str, Any]], price_in: float | None, price_out: float | None) -> dict[str, float] | None:
-    """Dollars for the job's tokens: all of them (`total`) and those paid in this run (`this_run`)."""
-    if price_in is None and price_out is None:
-        return None
-    pin, pout = (price_in or 0.0) / 1e6, (price_out or 0.0) / 1e6
-    steps = [u for usage in usages for u in usage.values()]
-    paid = sum(u["tokens_in"] for u in steps) * pin + sum(u["tokens_out"] for u in steps) * pout
-    cached = sum(u["cached_tokens_in"] for u in steps) * pin + sum(u["cached_tokens_out"] for u in steps) * pout
-    return {"total": round(paid + cached, 6), "this_run": round(paid, 6)}
-
-
 async def run_generate(
     cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None,
     judge_backend: Backend | None = None,
@@ -220,19 +179,15 @@ async def run_generate(
     with OutputBusy (a ValueError naming that job) before it reads a row or calls anyone.
     """
     started = time.monotonic()
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r} (available: {', '.join(METHODS)})")
-    if cfg.aspect_mode not in ASPECT_MODES:
-        raise ValueError(f"unknown aspect mode {cfg.aspect_mode!r} (use {', '.join(ASPECT_MODES)})")
-    label_for(0, cfg.labels, cfg.seed)  # an unknown label mode fails here
+    validate(cfg)  # the declared choices and checks, for callers that did not come through the CLI
+    if cfg.batch.enabled and not cfg.use_cache:
+        raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
     task = load_task(cfg.task)
-    output = Path(cfg.output)
-    check_output_name(output)
-    with hold_output(output):
+    check_output_name(Path(cfg.output))
+    with hold_output(Path(cfg.output)):
         index = JobIndex()
         try:
-            return await _run_job(cfg, task, index, console or Console(stderr=True), backend,
-                                  judge_backend, started)
+            return await _run_job(cfg, task, index, console or Console(stderr=True), backend, judge_backend, started)
         finally:
             index.close()
 
@@ -241,8 +196,8 @@ async def _run_job(
     cfg: GenerateConfig, task: TaskSpec, index: JobIndex, console: Console, backend: Backend | None,
     judge_backend: Backend | None, started: float,
 ) -> GenerateSummary:
-    index_inputs(cfg, task, index)
-    shard = cfg.shard or (1, 1)
+    source, shard = pick(PromptSource, cfg), cfg.shard or (1, 1)
+    index_inputs(source, task, cfg.y1_from, index)
     output = Path(cfg.output)
     writer = PairWriter(output, index)
     failures = FailureLog(sidecar(output, "failures"))
@@ -253,59 +208,54 @@ async def _run_job(
     resumed = index.count_inputs(shard, "paired")
     todo = index.count_inputs(shard, "todo")
 
-    backend = backend or make_backend(cfg.backend)
+    batch = cfg.batch.enabled
+    backend, judge_backend = job_backends(cfg, backend, judge_backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
     judge: Judge | None = None
     if needs_judge(cfg):
-        judge_opts = cfg.judge if cfg.judge.backend is not None else replace(cfg.judge, backend=cfg.backend)
-        judge = make_judge(judge_opts, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend)
-    options: dict[str, Any] = {
-        "aspect_mode": cfg.aspect_mode,
-        "aspects_k": cfg.aspects_k,
-        "y1_from": cfg.y1_from,
-        "prefill": cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
-        "judge": judge,
-        "n": cfg.n,
-    }
-    if cfg.method == "west-of-n":
-        options["scorer"] = _make_scorer(cfg, task, judge)
+        judge = make_judge(cfg.judge, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend,
+                           generator=cfg.backend)
+    runner = None
+    if batch:
+        assert cache is not None
+        runner = BatchRunner(cache, cfg.batch, cfg.max_attempts, report=lambda m: console.print(m, highlight=False))
+        runner.attach(llm, cfg.backend)
+        if judge is not None:
+            runner.attach(judge.ctx.llm, cfg.judge.connection(cfg.backend))
     ctx = MethodContext(
         llm=llm,
         task=task,
         params=SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens),
         seed=cfg.seed,
         max_attempts=cfg.max_attempts,
-        options=options,
+        settings=pick(MethodSettings, cfg),
+        prefill=cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
+        judge=judge,
+        scorer=_make_scorer(cfg, task, judge) if cfg.method == "west-of-n" else None,
     )
     make_pair = METHODS[cfg.method]
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=todo, usage=llm.usage, console=console, enabled=cfg.show_progress)
-    n_workers = max(1, cfg.concurrency)
+    progress = JobProgress(total=todo, usage=llm.usage, console=console, enabled=cfg.show_progress,
+                           extra=runner.status_line if runner else None)
+    if runner is not None:
+        runner.on_update = progress.refresh
+    # Batch mode: many prompts in flight, so that a round holds many requests.
+    width = (cfg.batch.rows or todo) if batch else cfg.concurrency
+    n_workers = max(1, min(width, todo))
     try:
         if todo:
             await backend.check()
             if judge is not None:
                 await judge.ctx.llm.backend.check()
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=2 * n_workers)
-
-        def todo_rows() -> Iterator[dict[str, Any]]:
-            """The second pass over the input: this shard's rows still to do."""
-            k, n = shard
-            for row in iter_prompt_rows(cfg) if todo else ():
-                pos = row["_index"]
-                if pos % n != k - 1:
-                    continue
-                if index.input_id(pos) != row["id"]:
-                    raise InputError(f"{cfg.input} changed while the job was reading it (row {pos})")
-                if not index.is_done(row["id"]):
-                    validate_row(row, cfg, task)
-                    yield row
+        # Rows stream from the input: the queue holds one row per worker, so a worker that frees
+        # up finds its next row waiting, and in batch mode every worker has a row for the round.
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=n_workers)
 
         async def produce() -> None:
-            for row in todo_rows():
+            for row in todo_rows(source, task, cfg.y1_from, index, shard) if todo else ():
                 await queue.put(row)
             for _ in range(n_workers):
                 await queue.put(None)  # one stop sign per worker
@@ -353,6 +303,8 @@ async def _run_job(
         writer.close()
         failures.close()
         removed.close()
+        if runner is not None:
+            await runner.aclose()
         await backend.aclose()
         if judge is not None:
             await judge.ctx.llm.backend.aclose()
@@ -378,14 +330,28 @@ async def _run_job(
         filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
         judge_usage=judge_usage,
-        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out),
+        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out, cfg.batch),
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=index.label_counts(),
+        batch=runner.summary() if runner is not None else None,
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
+
+
+def job_backends(
+    cfg: GenerateConfig, backend: Backend | None = None, judge_backend: Backend | None = None
+) -> tuple[Backend, Backend | None]:
+    """The generator's backend (given, else built from the options) and the judge's (given, else
+    None: make_judge builds it). The command batch transport has no endpoint: its backends name
+    the served model only, for the generator and the judge alike."""
+    if cfg.batch.enabled and cfg.batch.transport == "command":
+        backend = backend or command_backend(cfg.backend)
+        if needs_judge(cfg):
+            judge_backend = judge_backend or command_backend(cfg.judge.connection(cfg.backend))
+    return backend or make_backend(cfg.backend), judge_backend
 
 
 def _make_scorer(cfg: GenerateConfig, task: TaskSpec, judge: Judge | None) -> Any:

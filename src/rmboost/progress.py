@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -29,6 +30,7 @@ class JobProgress:
     label: str = "pairs"
     enabled: bool = True
     log_every: float = 15.0
+    extra: Callable[[], str] | None = None  # more to show, e.g. batch mode's round and batch states
     done: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     _start: float = field(default_factory=time.monotonic)
@@ -70,13 +72,21 @@ class JobProgress:
         elif self.enabled and time.monotonic() - self._last_log >= self.log_every:
             self._log()
 
+    def refresh(self) -> None:
+        """Show the stats again although no pair finished (batch mode calls it after each poll)."""
+        if self._progress is not None:
+            self._progress.update(self._task_id, stats=self._stats())
+        elif self.enabled and time.monotonic() - self._last_log >= self.log_every:
+            self._log()
+
     def _stats(self) -> str:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = self.done / elapsed * 60
         tin, tout = self.usage.total("tokens_in"), self.usage.total("tokens_out")
+        extra = f" | {self.extra()}" if self.extra else ""
         return (
             f"failed {sum(self.failures.values())} | tokens in {tin:,} out {tout:,} | "
-            f"{rate:.1f} {self.label}/min"
+            f"{rate:.1f} {self.label}/min{extra}"
         )
 
     def _log(self) -> None:

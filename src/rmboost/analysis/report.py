@@ -21,7 +21,8 @@ import jinja2
 from markupsafe import Markup
 
 from rmboost import __version__
-from rmboost.analysis.run import REAL, Run, load_analysis, load_run, text_of
+from rmboost.analysis.run import Run, load_analysis, load_run, text_of
+from rmboost.runfolder import REAL
 
 MAX_PAIRS = 300
 DASH = "\u2013"  # what a cell without a number shows
@@ -238,7 +239,7 @@ def write_report(run_dir: Path, output: Path | None = None, *, max_pairs: int = 
     run = load_run(Path(run_dir))
     analysis = load_analysis(run.dir, encoder)
     html = render_report(run, analysis, max_pairs=max_pairs, command=command)
-    out = Path(output) if output else run.dir / "report.html"
+    out = Path(output) if output else run.folder.report
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")

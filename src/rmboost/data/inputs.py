@@ -60,6 +60,29 @@ def iter_rows(path: str | Path, split: str = "train") -> Iterator[dict[str, Any]
     raise InputError(f"{path}: unsupported input format {suffix!r} (use .jsonl, .json, .parquet, .csv or a saved dataset folder)")
 
 
+def read_located_rows(path: str | Path, what: str = "pair file") -> list[tuple[str, dict[str, Any]]]:
+    """(location, row) for every row: "FILE, line N" for JSONL, "FILE, row I" for other formats.
+
+    The location is what an error about the row names; `what` names the file when it is missing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
+        return [(f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path)]
+    return [(f"{path}, row {i}", row) for i, row in enumerate(iter_rows(path))]
+
+
+def get_field(row: dict[str, Any], name: str) -> Any:
+    """`row[name]`, where a dotted name reaches into nested dicts (`inputs.question`); KeyError if absent."""
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(name)
+        value = value[part]
+    return value
+
+
 def read_jsonl_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) for every non-blank line, streamed; a bad line is an InputError naming it."""
     with path.open(encoding="utf-8") as fh:
@@ -125,6 +148,12 @@ def _batched_rows(ds: Any) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
+def row_id(row: dict[str, Any], index: int, id_field: str = "id") -> str:
+    """A row's id: its own (as text), or `row-<index>` when it has none."""
+    raw = row.get(id_field)
+    return str(raw) if raw not in (None, "") else f"row-{index}"
+
+
 def parse_field_map(pairs: list[str] | None) -> dict[str, str]:
     """['question=q', 'passages=ctx'] -> {'question': 'q', 'passages': 'ctx'} (task field = column)."""
     mapping: dict[str, str] = {}
@@ -163,11 +192,11 @@ def map_fields(
             if column not in row:
                 raise InputError(f"{source}, row {index}: no column {column!r} (mapped to field {task_field!r})")
             new[task_field] = row[column]
-        raw_id = row.get(id_field)
-        new["id"] = str(raw_id) if raw_id not in (None, "") else f"row-{index}"
+        new["id"] = row_id(row, index, id_field)
         new["_index"] = index
         yield new
 
 
-def repeated_id(source: str, index: int, row_id: str, first: int) -> InputError:
-    return InputError(f"{source}, row {index}: id {row_id!r} repeats row {first}")
+def repeated_id(source: str, index: int, rid: str, first: int) -> InputError:
+    """The error for a row whose id an earlier row (at index `first`) already has."""
+    return InputError(f"{source}, row {index}: id {rid!r} repeats row {first}")

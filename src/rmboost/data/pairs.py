@@ -18,19 +18,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from rmboost.data.inputs import iter_rows
 from rmboost.data.job_index import JobIndex
 
 # TRL's preference columns first, then provenance.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-
-
-def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
-    """Plain strings -> TRL's conversational form (lists of chat messages)."""
-    out = dict(row)
-    out["prompt"] = [{"role": "user", "content": row["prompt"]}]
-    out["chosen"] = [{"role": "assistant", "content": row["chosen"]}]
-    out["rejected"] = [{"role": "assistant", "content": row["rejected"]}]
-    return out
 
 
 def working_path(output: Path) -> Path:
@@ -43,6 +35,13 @@ def sidecar(output: Path, kind: str) -> Path:
     stem = output.name.split(".")[0]
     suffix = ".json" if kind == "summary" else ".jsonl"
     return output.with_name(f"{stem}.{kind}{suffix}")
+
+
+def write_summary(output: Path, summary: dict[str, Any]) -> Path:
+    """The job's closing summary as `<stem>.summary.json` beside its output; returns that path."""
+    path = sidecar(output, "summary")
+    path.write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    return path
 
 
 def iter_jsonl_tolerant(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
@@ -96,8 +95,6 @@ class PairWriter:
         self.index = index if index is not None else JobIndex()
         self._owns_index = index is None
         if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
-            from rmboost.data.inputs import iter_rows
-
             atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
         self._size = self._scan() if self.path.exists() else 0
         self._fh = self.path.open("ab")
@@ -239,8 +236,6 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def merge_pair_files(inputs: list[Path], output: Path) -> int:
     """Concatenate pair files into one JSONL file, streamed: the ids are checked first (an id
     in two files is an error naming both, and nothing is written), then the rows are copied."""
-    from rmboost.data.inputs import iter_rows
-
     starts: list[int] = []  # the position of each file's first row
 
     def ids() -> Iterator[tuple[int, str]]:
@@ -264,13 +259,6 @@ def merge_pair_files(inputs: list[Path], output: Path) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(output, (row for path in inputs for row in iter_rows(path)))
     return count
-
-
-def read_pairs(path: str | Path) -> list[dict[str, Any]]:
-    """Pairs from a .jsonl or .parquet file written by rmboost (or any file with the same columns)."""
-    from rmboost.data.inputs import read_rows
-
-    return read_rows(path)
 
 
 class FailureLog:

@@ -63,6 +63,9 @@ class LLM:
         self.usage = Usage()
         self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
         self._identity = backend.identity()
+        # Batch mode (rmboost.llm.batch): uncached requests wait for a batch round instead.
+        self.batch: Any = None  # a BatchRunner
+        self.batch_transport: Any = None  # where this LLM's batches go
 
     async def complete(
         self,
@@ -76,16 +79,20 @@ class LLM:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.record(step, hit)
             return hit
+        request = {
+            "backend": self._identity,
+            "messages": messages,
+            "params": params.as_dict(),
+            "sample_index": sample_index,
+        }
+        if self.batch is not None:  # the runner caches the answer the moment it reads it
+            completion = await self.batch.complete(self.batch_transport, key, request)
+            self.usage.record(step, completion)
+            return completion
         async with self._semaphore:
             completion = await self.backend.complete(messages, params)
         completion.request_id = key
         if self.cache is not None:
-            request = {
-                "backend": self._identity,
-                "messages": messages,
-                "params": params.as_dict(),
-                "sample_index": sample_index,
-            }
             self.cache.put(key, request, completion)
         self.usage.record(step, completion)
         return completion

@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 
+from rmboost.llm.chat_format import CONTINUE_FIELDS, chat_body, completion_from_body
 from rmboost.llm.ratelimit import RateLimiter
 from rmboost.llm.types import Completion, FatalLLMError, LLMError, Message, SamplingParams
 
@@ -80,31 +81,19 @@ class OpenAIBackend:
         if self._tpm:
             estimate = sum(len(m["content"]) for m in messages) / 4 + params.max_tokens
             await self._tpm.acquire(estimate)
-        # A final assistant message is a prefill. Servers built on vLLM continue it when asked;
-        # the plain OpenAI API cannot, which is why prefill is off by default for this backend.
-        prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "max_tokens": params.max_tokens,
-        }
-        if params.seed is not None:
-            kwargs["seed"] = params.seed
-        if params.logprobs:
-            kwargs.update(logprobs=True, top_logprobs=params.logprobs)
-        if params.stop:
-            kwargs["stop"] = list(params.stop)
-        if prefill:
-            kwargs["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        # The same body a batch file carries. A final assistant message is a prefill: servers built
+        # on vLLM continue it when asked (extra fields); the plain OpenAI API cannot, which is why
+        # prefill is off by default for this backend.
+        kwargs = chat_body(self.model, messages, params)
+        if extra := {k: kwargs.pop(k) for k in CONTINUE_FIELDS if k in kwargs}:
+            kwargs["extra_body"] = extra
         attempt = 0
         while True:
             if self._rpm:
                 await self._rpm.acquire(1)  # a retry is a request too: the server counts it
             try:
                 response = await self._client.chat.completions.create(**kwargs)
-                return self._to_completion(response, params, prefill)
+                return completion_from_body(response.model_dump(), messages, params, self.model)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise FatalLLMError(self._auth_message()) from exc
             except openai.NotFoundError as exc:
@@ -132,23 +121,6 @@ class OpenAIBackend:
         if retry_after is not None:
             return min(retry_after, self.backoff_cap)
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-
-    def _to_completion(self, response: Any, params: SamplingParams, prefill: str) -> Completion:
-        if not response.choices:
-            raise LLMError("empty_choices: the endpoint returned no choices")
-        choice = response.choices[0]
-        usage = response.usage
-        logprobs = None
-        if params.logprobs and choice.logprobs and choice.logprobs.content:
-            logprobs = [item.model_dump() for item in choice.logprobs.content]
-        return Completion(
-            text=prefill + ((choice.message.content or "") if choice.message else ""),
-            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
-            model=response.model or self.model,
-            finish_reason=choice.finish_reason,
-            logprobs=logprobs,
-        )
 
     async def aclose(self) -> None:
         await self._client.close()
