@@ -487,3 +487,31 @@ def test_baselines_in_batch_mode_ask_independent_requests_in_one_round(tmp_path:
     assert summary.pairs_total + sum(summary.failures.values()) == 4 and summary.pairs_total >= 1
     judged = summary.judge_usage["score" if method == "west-of-n" else "judge"]
     assert judged["calls"] >= 2 * summary.pairs_total
+
+
+@pytest.mark.parametrize("rows", [0, 4])
+def test_a_round_holds_every_prompt_in_flight_from_the_streamed_input(tmp_path: Path, rows: int):
+    """Prompts stream from the input through a bounded queue: a round still holds one request for each
+    of --batch-rows prompts (all of them with 0), however small --concurrency is; a resumed job's
+    first round holds exactly the prompts still to do."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    write_prompts(tmp_path / "prompts.jsonl", 10)
+    opts = BatchOptions(enabled=True, transport="command", command=command(), poll_interval=0.02,
+                        workdir=tmp_path / "work", rows=rows)
+    cfg = GenerateConfig(task="qa_feedback", input=str(tmp_path / "prompts.jsonl"), output=tmp_path / "pairs.jsonl",
+                         backend=BackendOptions(model=MODEL), cache=tmp_path / "c.sqlite", show_progress=False,
+                         batch=opts, concurrency=1, limit=7)
+    text = io.StringIO()
+    first = run(run_generate(cfg, Console(file=text, width=200)))
+    sizes = [int(n) for n in re.findall(r"batch round \d+: (\d+) requests", text.getvalue())]
+    assert sizes[0] == (rows or 7) and max(sizes) <= (rows or 7)
+    assert first.pairs_total + sum(first.failures.values()) == 7
+
+    text = io.StringIO()  # the whole input now: the 3 prompts past --limit are the only ones to do
+    again = run(run_generate(replace(cfg, limit=None), Console(file=text, width=200)))
+    assert f"batch round 1: {min(rows or 10, 10 - first.pairs_total)} requests" in text.getvalue()
+    assert again.resumed == first.pairs_total and again.pairs_total + sum(again.failures.values()) == 10

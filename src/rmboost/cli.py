@@ -33,6 +33,7 @@ app = typer.Typer(
 @options.command(GenerateConfig)
 def generate(cfg: GenerateConfig) -> None:
     """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
+    from rmboost.data.output_lock import OutputBusy
     from rmboost.generate import run_generate
 
     output = cfg.output
@@ -44,6 +45,8 @@ def generate(cfg: GenerateConfig) -> None:
             "run the same command again to resume."
         )
         raise typer.Exit(130) from None
+    except OutputBusy as exc:  # the other job owns the output: nothing here to resume
+        raise _fail(str(exc)) from None
     except USER_ERRORS as exc:
         raise _fail(f"{exc}" + _kept_note(output)) from None
     print_summary(summary)
@@ -186,24 +189,13 @@ class MergeOptions:
 @options.command(MergeOptions)
 def merge(opts: MergeOptions) -> None:
     """Merge shard outputs into one dataset (ids must not repeat across shards)."""
-    from rmboost.data.inputs import read_rows
-    from rmboost.data.pairs import atomic_write_jsonl
+    from rmboost.data.pairs import merge_pair_files
 
-    inputs, output = opts.inputs, opts.output
-    seen: dict[str, Path] = {}
-    rows = []
     try:
-        for path in inputs:
-            for row in read_rows(path):
-                if row["id"] in seen:
-                    raise ValueError(f"id {row['id']!r} is in both {seen[row['id']]} and {path}")
-                seen[row["id"]] = path
-                rows.append(row)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_jsonl(output, rows)
+        count = merge_pair_files(opts.inputs, opts.output)
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    out.print(f"{len(rows)} pairs from {len(inputs)} files written to {output}")
+    out.print(f"{count} pairs from {len(opts.inputs)} files written to {opts.output}")
 
 
 @dataclass

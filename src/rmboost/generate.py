@@ -1,8 +1,11 @@
 """`rmboost generate`: prompts in, preference pairs out, resumable and accounted for.
 
-The job: read and validate every input row, fix the labels, skip ids already in the output,
-then run the method over the rest with a pool of async workers. Pairs stream to the output,
-unusable answers to the failures file, and the closing summary to `<name>.summary.json`.
+The job: take the output's lock (one writer per output, data/output_lock.py), read and
+validate every input row in one streaming pass (job_inputs.py), skip ids already in the output,
+then stream the rest to a pool of async workers. Labels are fixed per input position before any
+call. Pairs stream to the output, unusable answers to the failures file, and the closing summary
+to `<name>.summary.json`. Memory does not grow with the job: the rows in flight are held, ids
+and offsets go to the job's on-disk index (data/job_index.py).
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
-from rmboost.data import qa_feedback
-from rmboost.data.inputs import InputError, apply_field_map, parse_field_map, read_rows
+from rmboost.data.job_index import JobIndex
 from rmboost.data.messages import to_conversational
-from rmboost.data.pairs import FailureLog, PairWriter, read_jsonl_tolerant, sidecar
+from rmboost.data.output_lock import hold_output
+from rmboost.data.pairs import (
+    FailureLog,
+    PairWriter,
+    check_output_name,
+    iter_jsonl_tolerant,
+    sidecar,
+)
+from rmboost.job_inputs import PromptSource, index_inputs, todo_rows
 from rmboost.llm import LLM, Backend, SamplingParams
 from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
@@ -31,7 +41,7 @@ from rmboost.methods.common import MethodContext, MethodSettings, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
 from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
-from rmboost.methods.rmboost import assign_labels, rmboost_pair
+from rmboost.methods.rmboost import balanced_label, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
 from rmboost.options import group, option, pick, reuse, validate
 from rmboost.progress import JobProgress
@@ -43,7 +53,6 @@ METHODS = {"rmboost": rmboost_pair, "rlaif": rlaif_pair, "rlcd": rlcd_pair, "wes
 
 
 LABEL_MODES = ("balanced", "worse", "better")
-INPUT_FORMATS = ("auto", "rows", "qa_feedback")
 
 
 def _scorer(value: str) -> str | None:
@@ -57,19 +66,12 @@ class GenerateConfig:
     output: Path = option(flags=("--output", "-o"), help="Pairs file (.jsonl or .parquet).")
     task: str = option("qa_feedback", help="Built-in task name or a task YAML path.")
     method: str = option("rmboost", choices=tuple(METHODS), help="Generation method.")
-    input: str = option(
-        "sample:qa_feedback", flags=("--input", "-i"),
-        help="Prompts: .jsonl/.json/.parquet/.csv, a saved HF dataset folder, QA-Feedback's "
-        "dev_feedback.json (or its folder), or sample:qa_feedback (20 shipped prompts).",
-    )
-    fields: dict[str, str] = option(
-        default_factory=dict, flags=("--field",), cli_type=list[str] | None, parse=parse_field_map,
-        help="Map a task field to your column: TASK_FIELD=COLUMN (repeatable).",
-    )
-    id_field: str = option("id", help="Column holding row ids (row-<index> when absent).")
-    split: str = option("train", help="Split of a saved DatasetDict.")
-    input_format: str = option("auto", choices=INPUT_FORMATS, noun="input format", help="auto, rows or qa_feedback.")
-    limit: int | None = option(None, help="Use only the first N prompts.")
+    input: str = reuse(PromptSource, "input")
+    fields: dict[str, str] = reuse(PromptSource, "fields")
+    id_field: str = reuse(PromptSource, "id_field")
+    split: str = reuse(PromptSource, "split")
+    input_format: str = reuse(PromptSource, "input_format")
+    limit: int | None = reuse(PromptSource, "limit")
     seed: int = option(0, help="Seeds labels, aspects and every request.")
     shard: tuple[int, int] | None = option(  # (k, N), 1-based k
         None, cli_type=str | None, parse=lambda text: parse_shard(text),
@@ -149,44 +151,18 @@ def parse_shard(text: str) -> tuple[int, int]:
     return kk, nn
 
 
-def load_prompt_rows(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    """Rows with ids, from a generic file or the QA-Feedback release."""
-    source = str(cfg.input)
-    fmt = cfg.input_format
-    if fmt == "auto":
-        path = Path(source)
-        is_qaf = path.name == "dev_feedback.json" or (path.is_dir() and (path / "dev_feedback.json").is_file())
-        fmt = "qa_feedback" if is_qaf else "rows"
-    if fmt == "qa_feedback":
-        rows = qa_feedback.load_prompts(source)
-    elif fmt == "rows":
-        rows = read_rows(source, split=cfg.split)
-    else:
-        raise InputError(f"unknown input format {fmt!r} (use auto, rows or qa_feedback)")
-    return apply_field_map(rows, cfg.fields, id_field=cfg.id_field, source=source)
-
-
-def validate_rows(rows: list[dict[str, Any]], cfg: GenerateConfig, task: TaskSpec) -> None:
-    """Fail before any call if a row lacks a field the task needs: name the row and the field."""
-    for row in rows:
-        missing = task.missing_fields(row)
-        if cfg.y1_from and row.get(cfg.y1_from) in (None, ""):
-            missing.append(cfg.y1_from)
-        if missing:
-            hint = "" if cfg.fields else " (map your columns with --field TASK_FIELD=COLUMN)"
-            raise InputError(
-                f"{cfg.input}, row {row['_index']} (id {row['id']}): missing field "
-                f"{', '.join(repr(m) for m in missing)} needed by task {task.name!r}{hint}"
-            )
+def label_for(position: int, mode: str, seed: int) -> Label:
+    """The label of the row at an input position, fixed before any call: balanced and seeded, or one for all."""
+    if mode == "balanced":
+        return balanced_label(position, seed)
+    if mode in ("better", "worse"):
+        return mode  # type: ignore[return-value]
+    raise ValueError(f"unknown label mode {mode!r} (use balanced, worse or better)")
 
 
 def fixed_labels(ids: list[str], mode: str, seed: int) -> dict[str, Label]:
-    """The labels, fixed before any call: balanced and seeded, or one label for every row."""
-    if mode == "balanced":
-        return assign_labels(ids, seed)
-    if mode in ("better", "worse"):
-        return dict.fromkeys(ids, mode)
-    raise ValueError(f"unknown label mode {mode!r} (use balanced, worse or better)")
+    """`label_for` of every row of a job, by id."""
+    return {row_id: label_for(position, mode, seed) for position, row_id in enumerate(ids)}
 
 
 def needs_judge(cfg: GenerateConfig) -> bool:
@@ -197,29 +173,40 @@ async def run_generate(
     cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None,
     judge_backend: Backend | None = None,
 ) -> GenerateSummary:
-    """Run one generation job; `backend`/`judge_backend` override the options (tests, library use)."""
-    console = console or Console(stderr=True)
+    """Run one generation job; `backend`/`judge_backend` override the options (tests, library use).
+
+    The output's lock comes first: while another job writes the same output, this one stops
+    with OutputBusy (a ValueError naming that job) before it reads a row or calls anyone.
+    """
     started = time.monotonic()
     validate(cfg)  # the declared choices and checks, for callers that did not come through the CLI
     if cfg.batch.enabled and not cfg.use_cache:
         raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
     task = load_task(cfg.task)
-    rows = load_prompt_rows(cfg)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-    validate_rows(rows, cfg, task)
-    labels = fixed_labels([r["id"] for r in rows], cfg.labels, cfg.seed)
-    if cfg.shard:
-        k, n = cfg.shard
-        rows = [r for i, r in enumerate(rows) if i % n == k - 1]
+    check_output_name(Path(cfg.output))
+    with hold_output(Path(cfg.output)):
+        index = JobIndex()
+        try:
+            return await _run_job(cfg, task, index, console or Console(stderr=True), backend, judge_backend, started)
+        finally:
+            index.close()
 
+
+async def _run_job(
+    cfg: GenerateConfig, task: TaskSpec, index: JobIndex, console: Console, backend: Backend | None,
+    judge_backend: Backend | None, started: float,
+) -> GenerateSummary:
+    source, shard = pick(PromptSource, cfg), cfg.shard or (1, 1)
+    index_inputs(source, task, cfg.y1_from, index)
     output = Path(cfg.output)
-    writer = PairWriter(output)
+    writer = PairWriter(output, index)
     failures = FailureLog(sidecar(output, "failures"))
     removed = FailureLog(sidecar(output, "filtered"))
-    finished = writer.done_ids | _ids_in(removed.path)  # a filtered pair is a finished decision
-    resumed = len(writer.done_ids & {r["id"] for r in rows})
-    todo = [r for r in rows if r["id"] not in finished]
+    if removed.path.exists():  # a filtered pair is a finished decision
+        index.add_settled(row["id"] for _, _, row in iter_jsonl_tolerant(removed.path))
+    prompts = index.count_inputs(shard)
+    resumed = index.count_inputs(shard, "paired")
+    todo = index.count_inputs(shard, "todo")
 
     batch = cfg.batch.enabled
     backend, judge_backend = job_backends(cfg, backend, judge_backend)
@@ -251,25 +238,32 @@ async def run_generate(
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress,
+    progress = JobProgress(total=todo, usage=llm.usage, console=console, enabled=cfg.show_progress,
                            extra=runner.status_line if runner else None)
     if runner is not None:
         runner.on_update = progress.refresh
     # Batch mode: many prompts in flight, so that a round holds many requests.
-    width = (cfg.batch.rows or len(todo)) if batch else cfg.concurrency
+    width = (cfg.batch.rows or todo) if batch else cfg.concurrency
+    n_workers = max(1, min(width, todo))
     try:
         if todo:
             await backend.check()
             if judge is not None:
                 await judge.ctx.llm.backend.check()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for row in todo:
-            queue.put_nowait(row)
+        # Rows stream from the input: the queue holds one row per worker, so a worker that frees
+        # up finds its next row waiting, and in batch mode every worker has a row for the round.
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=n_workers)
+
+        async def produce() -> None:
+            for row in todo_rows(source, task, cfg.y1_from, index, shard) if todo else ():
+                await queue.put(row)
+            for _ in range(n_workers):
+                await queue.put(None)  # one stop sign per worker
 
         async def one(row: dict[str, Any]) -> None:
             nonlocal written, judged
             try:
-                pair = await make_pair(ctx, row, labels[row["id"]])
+                pair = await make_pair(ctx, row, label_for(row["_index"], cfg.labels, cfg.seed))
                 if cfg.filter:
                     assert judge is not None
                     judged += 1
@@ -292,19 +286,19 @@ async def run_generate(
             progress.advance()
 
         async def worker() -> None:
-            while not queue.empty():
-                await one(queue.get_nowait())
+            while (row := await queue.get()) is not None:
+                await one(row)
 
         with progress:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, width))]
+            tasks = [asyncio.create_task(produce()), *(asyncio.create_task(worker()) for _ in range(n_workers))]
             try:
-                await asyncio.gather(*workers)
+                await asyncio.gather(*tasks)
             except BaseException:
-                for w in workers:
-                    w.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 raise
-        writer.finalize(order=[r["id"] for r in rows])
+        writer.finalize()
     finally:
         writer.close()
         failures.close()
@@ -326,10 +320,10 @@ async def run_generate(
         method=cfg.method,
         task=task.name,
         model=backend.model,
-        prompts=len(rows),
+        prompts=prompts,
         resumed=resumed,
         pairs_written=written,
-        pairs_total=len(writer.rows),
+        pairs_total=len(writer),
         failures=dict(progress.failures),
         failures_by_step=dict(failed_steps),
         filtered=filtered,
@@ -340,7 +334,7 @@ async def run_generate(
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
-        labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
+        labels=index.label_counts(),
         batch=runner.summary() if runner is not None else None,
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
@@ -358,12 +352,6 @@ def job_backends(
         if needs_judge(cfg):
             judge_backend = judge_backend or command_backend(cfg.judge.connection(cfg.backend))
     return backend or make_backend(cfg.backend), judge_backend
-
-
-def _ids_in(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {r["id"] for r in read_jsonl_tolerant(path)[0]}
 
 
 def _make_scorer(cfg: GenerateConfig, task: TaskSpec, judge: Judge | None) -> Any:

@@ -2,13 +2,17 @@
 
 Every row becomes a plain dict with an `id`. A field mapping renames the user's columns to the
 task's field names, so a file never has to be rewritten to fit a task.
+
+`iter_rows` streams: JSONL line by line, Parquet one record batch at a time, CSV/TSV row by row,
+a saved dataset (memory-mapped Arrow) in batches. A `.json` file is one JSON document and is
+parsed whole. `read_rows` is the same rows as a list, for inputs small enough to hold.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,11 @@ def sample_path(name: str) -> Path:
 
 def read_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     """All rows of a file or saved dataset, as dicts, in file order."""
+    return list(iter_rows(path, split))
+
+
+def iter_rows(path: str | Path, split: str = "train") -> Iterator[dict[str, Any]]:
+    """The rows of a file or saved dataset, in file order, read as a stream (see the module doc)."""
     text = str(path)
     if text.startswith(SAMPLE_PREFIX):
         path = sample_path(text[len(SAMPLE_PREFIX) :])
@@ -38,19 +47,16 @@ def read_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
-        return _read_saved_dataset(path, split)
+        return _iter_saved_dataset(path, split)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(path)
+        return (row for _, row in read_jsonl_numbered(path))
     if suffix == ".json":
-        return _read_json(path)
+        return iter(_read_json(path))
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
+        return _iter_parquet(path)
     if suffix in (".csv", ".tsv"):
-        with path.open(newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+        return _iter_csv(path, delimiter="\t" if suffix == ".tsv" else ",")
     raise InputError(f"{path}: unsupported input format {suffix!r} (use .jsonl, .json, .parquet, .csv or a saved dataset folder)")
 
 
@@ -64,7 +70,7 @@ def read_located_rows(path: str | Path, what: str = "pair file") -> list[tuple[s
         raise FileNotFoundError(f"{what} not found: {path}")
     if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
         return [(f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path)]
-    return [(f"{path}, row {i}", row) for i, row in enumerate(read_rows(path))]
+    return [(f"{path}, row {i}", row) for i, row in enumerate(iter_rows(path))]
 
 
 def get_field(row: dict[str, Any], name: str) -> Any:
@@ -77,13 +83,8 @@ def get_field(row: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [row for _, row in read_jsonl_numbered(path)]
-
-
-def read_jsonl_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) for every non-blank line; a bad line is an InputError naming it."""
-    rows = []
+def read_jsonl_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every non-blank line, streamed; a bad line is an InputError naming it."""
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -94,8 +95,19 @@ def read_jsonl_numbered(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise InputError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
                 raise InputError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
+            yield lineno, row
+
+
+def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        yield from batch.to_pylist()
+
+
+def _iter_csv(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        yield from csv.DictReader(fh, delimiter=delimiter)
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
@@ -117,7 +129,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return data
 
 
-def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
+def _iter_saved_dataset(path: Path, split: str) -> Iterator[dict[str, Any]]:
     import datasets
 
     try:
@@ -128,7 +140,12 @@ def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
         if split not in ds:
             raise InputError(f"{path}: no split {split!r} (has {', '.join(ds)})")
         ds = ds[split]
-    return ds.to_list()
+    return _batched_rows(ds)
+
+
+def _batched_rows(ds: Any) -> Iterator[dict[str, Any]]:
+    for batch in ds.with_format("arrow").iter(batch_size=1024):  # Arrow slices of the mapped file
+        yield from batch.to_pylist()
 
 
 def row_id(row: dict[str, Any], index: int, id_field: str = "id") -> str:
@@ -149,11 +166,26 @@ def parse_field_map(pairs: list[str] | None) -> dict[str, str]:
 
 
 def apply_field_map(
-    rows: list[dict[str, Any]], mapping: Mapping[str, str], id_field: str = "id", source: str = "input"
+    rows: Iterable[dict[str, Any]], mapping: Mapping[str, str], id_field: str = "id", source: str = "input"
 ) -> list[dict[str, Any]]:
     """Rename columns to task fields and give every row an `id` (its own, or `row-<index>`)."""
-    out = []
+    return list(unique_ids(map_fields(rows, mapping, id_field, source), source))
+
+
+def unique_ids(rows: Iterable[dict[str, Any]], source: str = "input") -> Iterator[dict[str, Any]]:
+    """Pass mapped rows through, failing on an id seen before (holds every id: for small inputs)."""
     seen: dict[str, int] = {}
+    for row in rows:
+        if row["id"] in seen:
+            raise repeated_id(source, row["_index"], row["id"], seen[row["id"]])
+        seen[row["id"]] = row["_index"]
+        yield row
+
+
+def map_fields(
+    rows: Iterable[dict[str, Any]], mapping: Mapping[str, str], id_field: str = "id", source: str = "input"
+) -> Iterator[dict[str, Any]]:
+    """`apply_field_map` as a stream, without the check that ids are unique (see `unique_ids`)."""
     for index, row in enumerate(rows):
         new = dict(row)
         for task_field, column in mapping.items():
@@ -161,9 +193,10 @@ def apply_field_map(
                 raise InputError(f"{source}, row {index}: no column {column!r} (mapped to field {task_field!r})")
             new[task_field] = row[column]
         new["id"] = row_id(row, index, id_field)
-        if new["id"] in seen:
-            raise InputError(f"{source}, row {index}: id {new['id']!r} repeats row {seen[new['id']]}")
-        seen[new["id"]] = index
         new["_index"] = index
-        out.append(new)
-    return out
+        yield new
+
+
+def repeated_id(source: str, index: int, rid: str, first: int) -> InputError:
+    """The error for a row whose id an earlier row (at index `first`) already has."""
+    return InputError(f"{source}, row {index}: id {rid!r} repeats row {first}")

@@ -1,18 +1,25 @@
-"""Write pair datasets so that a crash loses nothing and a re-run resumes.
+"""Write pair datasets so that a crash loses nothing and a re-run resumes, in constant memory.
 
 While a job runs, every finished pair is appended to a JSONL working file and flushed at once
-(kill -9 keeps it). A re-run reads that file back and skips the ids it holds. At the end, the
-dataset is written in input order, atomically (temp file + rename), as JSONL or Parquet.
+(kill -9 keeps it). A re-run reads that file back once, noting each pair's id and byte offset
+in the job's index (rows are not kept), and skips the ids it holds. At the end the dataset is
+written in input order by copying those lines in order, atomically (temp file + rename); a
+file already in order is left as it is. JSONL output is streamed throughout; Parquet output is
+built as one table at the end (as before), so its last step holds the pairs in memory.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from rmboost.data.inputs import iter_rows
+from rmboost.data.job_index import JobIndex
 
 # TRL's preference columns first, then provenance.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -37,104 +44,221 @@ def write_summary(output: Path, summary: dict[str, Any]) -> Path:
     return path
 
 
-def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Rows of a JSONL file, and the byte length of its valid part.
+def iter_jsonl_tolerant(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(byte offset, byte length, row) of each whole line of a JSONL file, streamed.
 
-    A file cut off mid-line by kill -9 ends in a partial line: the rows before it are kept and
-    the byte offset where the damage starts is returned so the caller can truncate there.
+    A file cut off mid-line by kill -9 ends in a partial line: reading stops before it (and
+    before any line that is not valid JSON), so offset + length of the last row yielded is
+    where the damage starts and the caller can truncate there.
     """
-    rows: list[dict[str, Any]] = []
-    good_bytes = 0
+    offset = 0
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.endswith(b"\n"):
-                break  # a partial last line
+                return  # a partial last line
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError:
-                break
-            rows.append(row)
-            good_bytes += len(raw)
+                return
+            yield offset, len(raw), row
+            offset += len(raw)
+
+
+def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSONL file, and the byte length of its valid part (see `iter_jsonl_tolerant`)."""
+    rows: list[dict[str, Any]] = []
+    good_bytes = 0
+    for offset, length, row in iter_jsonl_tolerant(path):
+        rows.append(row)
+        good_bytes = offset + length
     return rows, good_bytes
 
 
-class PairWriter:
-    """Append-only pair sink with resume; `finalize` writes the ordered dataset."""
+def check_output_name(output: Path) -> None:
+    if output.suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"output {output}: use a .jsonl or .parquet file name")
 
-    def __init__(self, output: str | Path):
+
+class PairWriter:
+    """Append-only pair sink with resume; `finalize` writes the ordered dataset.
+
+    What it holds is the job's index (`index`, on disk) and the working file's handle: never
+    the pairs. Pass the job's index to order the output by its inputs; without one it makes
+    its own.
+    """
+
+    def __init__(self, output: str | Path, index: JobIndex | None = None):
         self.output = Path(output)
-        if self.output.suffix not in (".jsonl", ".parquet"):
-            raise ValueError(f"output {self.output}: use a .jsonl or .parquet file name")
+        check_output_name(self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.path = working_path(self.output)
-        self.rows: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            rows, good = read_jsonl_tolerant(self.path)
-            if good < self.path.stat().st_size:
-                with self.path.open("r+b") as fh:
-                    fh.truncate(good)
-            self.rows = {r["id"]: r for r in rows}
-        elif self.output.suffix == ".parquet" and self.output.exists():
-            import pyarrow.parquet as pq
+        self.index = index if index is not None else JobIndex()
+        self._owns_index = index is None
+        if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
+            atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
+        self._size = self._scan() if self.path.exists() else 0
+        self._fh = self.path.open("ab")
 
-            self.rows = {r["id"]: r for r in pq.read_table(self.output).to_pylist()}
-            self._rewrite_working(self.rows.values())
-        self._fh = self.path.open("a", encoding="utf-8")
+    def _scan(self) -> int:
+        """Index every whole line of the working file; cut off a torn tail. Returns the good size."""
+        good = 0
 
-    @property
-    def done_ids(self) -> set[str]:
-        return set(self.rows)
+        def lines() -> Iterator[tuple[str, int, int, str | None]]:
+            nonlocal good
+            for offset, length, row in iter_jsonl_tolerant(self.path):
+                if not isinstance(row, dict) or "id" not in row:
+                    raise ValueError(f"{self.path}: the pair at byte {offset} has no 'id'")
+                yield row["id"], offset, length, _label(row)
+                good = offset + length
+
+        with self.index.batch():
+            self.index.add_lines(lines())
+        if good < self.path.stat().st_size:
+            with self.path.open("r+b") as fh:
+                fh.truncate(good)
+        return good
+
+    def __contains__(self, row_id: str) -> bool:
+        return self.index.has_line(row_id)
+
+    def __len__(self) -> int:
+        return self.index.line_count()
 
     def write(self, row: dict[str, Any]) -> None:
-        if row["id"] in self.rows:
+        if row["id"] in self:
             raise ValueError(f"pair id {row['id']!r} written twice")
-        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        self._fh.write(line)
         self._fh.flush()
-        self.rows[row["id"]] = row
+        self.index.add_lines([(row["id"], self._size, len(line), _label(row))])
+        self._size += len(line)
 
     def finalize(self, order: Iterable[str] | None = None) -> Path:
-        """Write the dataset (rows in `order`, then any others) atomically; return its path."""
+        """Write the dataset atomically and return its path: pairs in input order, then any others.
+
+        The input order is the index's (`order`, if given, replaces it).
+        """
         self._fh.close()
-        ordered = _ordered(self.rows, order)
+        if order is not None:
+            self.index.set_inputs(order)
         if self.output.suffix == ".jsonl":
-            atomic_write_jsonl(self.output, ordered)
+            if not self._in_order():
+                with self.path.open("rb") as src:
+                    atomic_write_bytes(self.output, lambda dst: _copy_spans(src, dst, self.index.ordered_spans()))
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
+            with self.path.open("rb") as src:
+                rows = [json.loads(_read_span(src, off, n)) for off, n in self.index.ordered_spans()]
             tmp = self.output.with_name(self.output.name + ".tmp")
-            pq.write_table(pa.Table.from_pylist(ordered), tmp)
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
             os.replace(tmp, self.output)
             self.path.unlink(missing_ok=True)
         return self.output
 
     def close(self) -> None:
         self._fh.close()
+        if self._owns_index:
+            self.index.close()
 
-    def _rewrite_working(self, rows: Iterable[dict[str, Any]]) -> None:
-        atomic_write_jsonl(self.path, rows)
-
-
-def _ordered(rows: dict[str, dict[str, Any]], order: Iterable[str] | None) -> list[dict[str, Any]]:
-    out, seen = [], set()
-    for rid in order or ():
-        if rid in rows and rid not in seen:
-            out.append(rows[rid])
-            seen.add(rid)
-    out.extend(r for rid, r in rows.items() if rid not in seen)
-    return out
+    def _in_order(self) -> bool:
+        """Whether the working file already is the ordered dataset, byte for byte."""
+        end = 0
+        for offset, length in self.index.ordered_spans():
+            if offset != end:
+                return False
+            end += length
+        return end == self._size
 
 
-def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+def _label(row: dict[str, Any]) -> str | None:
+    label = row.get("label")
+    return label if isinstance(label, str) and label else None
+
+
+def _read_span(fh: BinaryIO, offset: int, length: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(length)
+
+
+def _copy_spans(src: BinaryIO, dst: BinaryIO, spans: Iterable[tuple[int, int]]) -> None:
+    """Copy byte ranges of `src` to `dst` in the given order, adjacent ranges as one copy."""
+    start = end = -1
+    for offset, length in spans:
+        if offset == end:
+            end += length
+            continue
+        if start >= 0:
+            _copy_range(src, dst, start, end)
+        start, end = offset, offset + length
+    if start >= 0:
+        _copy_range(src, dst, start, end)
+
+
+def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int, chunk: int = 1 << 20) -> None:
+    src.seek(start)
+    while start < end:
+        data = src.read(min(chunk, end - start))
+        if not data:
+            raise ValueError(f"{src.name}: shorter than its index says (at byte {start})")
+        dst.write(data)
+        start += len(data)
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call `write(binary file)` on a temp file beside `path`, then rename it over `path`.
+
+    A file replaced keeps its permissions.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write `rows` (any iterable, consumed as a stream) as JSONL, atomically."""
+
+    def write(fh: BinaryIO) -> None:
+        for row in rows:
+            fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    atomic_write_bytes(path, write)
+
+
+def merge_pair_files(inputs: list[Path], output: Path) -> int:
+    """Concatenate pair files into one JSONL file, streamed: the ids are checked first (an id
+    in two files is an error naming both, and nothing is written), then the rows are copied."""
+    starts: list[int] = []  # the position of each file's first row
+
+    def ids() -> Iterator[tuple[int, str]]:
+        count = 0
+        for path in inputs:
+            starts.append(count)
+            for row in iter_rows(path):
+                yield count, row["id"]
+                count += 1
+
+    index = JobIndex()
+    try:
+        repeat = index.add_inputs(ids())
+        if repeat is not None:
+            pos, row_id, first = repeat
+            earlier, later = (inputs[bisect.bisect_right(starts, p) - 1] for p in (first, pos))
+            raise ValueError(f"id {row_id!r} is in both {earlier} and {later}")
+        count = index.count_inputs((1, 1))
+    finally:
+        index.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(output, (row for path in inputs for row in iter_rows(path)))
+    return count
 
 
 class FailureLog:

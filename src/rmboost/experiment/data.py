@@ -11,7 +11,7 @@ from rmboost.data import qa_feedback
 from rmboost.data.inputs import read_rows
 from rmboost.data.pairs import atomic_write_jsonl
 from rmboost.experiment.config import ConfigError, ExperimentConfig
-from rmboost.generate import GenerateConfig, load_prompt_rows
+from rmboost.job_inputs import PromptSource, load_prompt_rows
 from rmboost.runfolder import RunFolder
 
 
@@ -35,8 +35,8 @@ def prepare_data(cfg: ExperimentConfig, run: Path) -> dict[str, Path]:
             f"Split by question: test_fraction={d.test_fraction}, split_seed={d.split_seed}.\n", "utf-8")
     else:
         assert d.prompts is not None and d.test is not None
-        spec = GenerateConfig(task=cfg.task, input=d.prompts, output=out / "unused", fields=dict(d.fields))
-        prompts = [_public(r) for r in load_prompt_rows(spec)]  # ids assigned, columns mapped
+        source = PromptSource(input=d.prompts, fields=dict(d.fields))
+        prompts = [_public(r) for r in load_prompt_rows(source)]  # ids assigned, columns mapped
         train = [_public(r) for r in read_rows(d.real_train)] if d.real_train else []
         test = [_public(r) for r in read_rows(d.test)]
     if d.prompts_limit is not None:

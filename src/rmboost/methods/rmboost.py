@@ -29,14 +29,16 @@ def assign_labels(ids: list[str], seed: int) -> dict[str, Label]:
 
     Any prefix of the job is balanced to within one, so --limit and resuming keep earlier labels.
     """
-    labels: dict[str, Label] = {}
-    for start in range(0, len(ids), 2):
-        first: Label = "better" if derive_seed(seed, "label", start) % 2 == 0 else "worse"
-        second: Label = "worse" if first == "better" else "better"
-        labels[ids[start]] = first
-        if start + 1 < len(ids):
-            labels[ids[start + 1]] = second
-    return labels
+    return {row_id: balanced_label(position, seed) for position, row_id in enumerate(ids)}
+
+
+def balanced_label(position: int, seed: int) -> Label:
+    """The label of the row at `position` (0-based) under `assign_labels`, computed on its own."""
+    start = position - position % 2
+    first: Label = "better" if derive_seed(seed, "label", start) % 2 == 0 else "worse"
+    if position == start:
+        return first
+    return "worse" if first == "better" else "better"
 
 
 def sample_aspects(task: TaskSpec, row_id: str, seed: int, k: int) -> list[Aspect]:
