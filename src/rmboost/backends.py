@@ -11,7 +11,9 @@ from rmboost.llm.types import Backend
 class BackendOptions:
     backend: str = "llamacpp"  # "llamacpp" | "openai"
     model: str | None = None  # openai: the served model name; llamacpp: a GGUF path (None = embedded)
-    base_url: str | None = None
+    # openai: endpoint, e.g. http://localhost:8000/v1; repeat --base-url for replicas of one model
+    # (each attempt goes to the least-loaded healthy replica).
+    base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0
     max_retries: int = 6
@@ -20,9 +22,17 @@ class BackendOptions:
     n_ctx: int = 8192
     threads: int | None = None  # llamacpp: CPU threads (None: all cores; 1 is faster on a busy machine)
     logits_all: bool = False
+    # openai: name the deployment for the cache key instead of its URL(s), so cached answers
+    # survive a change of URL or of the replica set (default: the URL, or the sorted replica set).
+    cache_identity: str | None = None
+    # openai: stop the job when this many requests in a row failed after all their retries (0: off).
+    breaker_failures: int = 50
+    # openai: stop the job when every attempt has failed for this many seconds (0: off).
+    breaker_seconds: float = 120.0
 
 
-def make_backend(opts: BackendOptions) -> Backend:
+def make_backend(opts: BackendOptions, concurrency: int | None = None) -> Backend:
+    """`concurrency`: the job's --concurrency, the ceiling of the openai backend's adaptive limit."""
     if opts.backend == "llamacpp":
         from rmboost.llm.llamacpp import LlamaCppBackend
 
@@ -40,5 +50,9 @@ def make_backend(opts: BackendOptions) -> Backend:
             max_retries=opts.max_retries,
             requests_per_minute=opts.requests_per_minute,
             tokens_per_minute=opts.tokens_per_minute,
+            max_in_flight=concurrency,
+            breaker_failures=opts.breaker_failures,
+            breaker_seconds=opts.breaker_seconds,
+            cache_identity=opts.cache_identity,
         )
     raise ValueError(f"unknown backend {opts.backend!r} (use llamacpp or openai)")

@@ -44,6 +44,8 @@ def _judge_options(
                                  "api_key_env": key_env}.items() if v is not None}
     if backend is not None and backend != generator.backend and model is None:
         changed["model"] = None  # another backend kind: don't carry the generator's model over
+    if base_url is not None:
+        changed["cache_identity"] = None  # another endpoint: the generator's deployment name does not apply
     return JudgeOptions(
         backend=replace(generator, **changed), mode=mode, temperature=temperature, margin=margin,
         max_tokens=max_tokens,
@@ -75,8 +77,11 @@ def generate(
     conversational: Annotated[bool, typer.Option(help="Write prompt/chosen/rejected as chat message lists.")] = False,
     backend: Annotated[str, typer.Option(help="llamacpp (local GGUF) or openai (any compatible endpoint).")] = "llamacpp",
     model: Annotated[str | None, typer.Option(help="openai: served model name; llamacpp: GGUF path (default: embedded SmolLM2-135M-Instruct).")] = None,
-    base_url: Annotated[str | None, typer.Option(help="openai: endpoint, e.g. http://localhost:8000/v1.")] = None,
+    base_url: Annotated[list[str] | None, typer.Option(help="openai: endpoint, e.g. http://localhost:8000/v1; repeat for replicas of one model (least-loaded healthy replica first).")] = None,
     api_key_env: Annotated[str, typer.Option(help="openai: environment variable holding the API key.")] = "OPENAI_API_KEY",
+    cache_identity: Annotated[str | None, typer.Option(help="openai: name the deployment in the cache key instead of its URL(s), so cached answers survive URL or replica changes.")] = None,
+    breaker_failures: Annotated[int, typer.Option(help="openai: stop (exit 2) after this many requests in a row failed after their retries (0: off).")] = 50,
+    breaker_seconds: Annotated[float, typer.Option(help="openai: stop (exit 2) when every attempt has failed for this many seconds (0: off).")] = 120.0,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at once.")] = 1,
     rpm: Annotated[float | None, typer.Option(help="openai: requests per minute limit.")] = None,
     tpm: Annotated[float | None, typer.Option(help="openai: tokens per minute limit.")] = None,
@@ -120,8 +125,11 @@ def generate(
         backend_opts = BackendOptions(
             backend=backend,
             model=model,
-            base_url=base_url,
+            base_url=(base_url[0] if len(base_url) == 1 else base_url) if base_url else None,
             api_key_env=api_key_env,
+            cache_identity=cache_identity,
+            breaker_failures=breaker_failures,
+            breaker_seconds=breaker_seconds,
             timeout=timeout,
             max_retries=max_retries,
             requests_per_minute=rpm,

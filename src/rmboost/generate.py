@@ -210,7 +210,7 @@ async def run_generate(
     resumed = len(writer.done_ids & {r["id"] for r in rows})
     todo = [r for r in rows if r["id"] not in finished]
 
-    backend = backend or make_backend(cfg.backend)
+    backend = backend or make_backend(cfg.backend, concurrency=cfg.concurrency)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
     judge: Judge | None = None
@@ -239,7 +239,8 @@ async def run_generate(
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
-    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress)
+    progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress,
+                           status=getattr(backend, "load_status", None))
     try:
         if todo:
             await backend.check()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -29,6 +30,7 @@ class JobProgress:
     label: str = "pairs"
     enabled: bool = True
     log_every: float = 15.0
+    status: Callable[[], str] | None = None  # e.g. the backend's in-flight limit and replicas
     done: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     _start: float = field(default_factory=time.monotonic)
@@ -74,10 +76,12 @@ class JobProgress:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = self.done / elapsed * 60
         tin, tout = self.usage.total("tokens_in"), self.usage.total("tokens_out")
-        return (
+        line = (
             f"failed {sum(self.failures.values())} | tokens in {tin:,} out {tout:,} | "
             f"{rate:.1f} {self.label}/min"
         )
+        extra = self.status() if self.status else ""
+        return f"{line} | {extra}" if extra else line
 
     def _log(self) -> None:
         self._last_log = time.monotonic()

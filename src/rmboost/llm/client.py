@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmboost.llm.cache import RequestCache, request_key
+from rmboost.llm.cache import RequestCache, assemble_blob, canonical, key_of
 from rmboost.llm.types import Backend, Completion, Message, SamplingParams
 
 
@@ -62,7 +62,7 @@ class LLM:
         self.cache = cache
         self.usage = Usage()
         self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
-        self._identity = backend.identity()
+        self._identity = canonical(backend.identity())  # serialised once: part of every key
 
     async def complete(
         self,
@@ -72,7 +72,8 @@ class LLM:
         step: str,
         sample_index: int = 0,
     ) -> Completion:
-        key = request_key(self._identity, messages, params, sample_index)
+        blob = assemble_blob(self._identity, messages, params, sample_index)
+        key = key_of(blob)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.record(step, hit)
             return hit
@@ -80,12 +81,6 @@ class LLM:
             completion = await self.backend.complete(messages, params)
         completion.request_id = key
         if self.cache is not None:
-            request = {
-                "backend": self._identity,
-                "messages": messages,
-                "params": params.as_dict(),
-                "sample_index": sample_index,
-            }
-            self.cache.put(key, request, completion)
+            await self.cache.store(key, blob, completion)  # committed before anything uses it
         self.usage.record(step, completion)
         return completion

@@ -283,7 +283,7 @@ def make_judge(
     if opts.mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {opts.mode!r} (use {', '.join(JUDGE_MODES)})")
     if backend is None:
-        backend = make_backend(opts.backend)
+        backend = make_backend(opts.backend, concurrency=concurrency)
     ctx = MethodContext(
         llm=LLM(backend, cache, max_concurrency=concurrency),
         task=task,
