@@ -7,6 +7,8 @@ Two kinds, both bound to 127.0.0.1 only and always stopped by their context mana
 * `ScriptedServer`: a tiny threaded `http.server` answering chat requests from a script
   (429 with Retry-After, 5xx, dropped connections, slow answers, then a valid completion), for
   the failure paths a real model server cannot be made to produce on demand.
+* `fake_openai_server`: benchmarks/fake_openai_server.py in its own process, the fast server the
+  client benchmark uses: hundreds of requests in flight, 429 bursts, failing or dying on cue.
 """
 
 from __future__ import annotations
@@ -314,6 +316,48 @@ class ScriptedServer:
         return Handler
 
 
+# --------------------------------------------------------------------------- fast fake server
+
+FAKE_SERVER = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_openai_server.py"
+FAKE_MODEL = "fake-model"
+
+
+@dataclass
+class FakeServer:
+    """benchmarks/fake_openai_server.py running in its own process."""
+
+    base_url: str  # http://127.0.0.1:PORT/v1
+    process: subprocess.Popen[str]
+    port: int
+
+    def stats(self) -> dict[str, Any]:
+        """The server's own counters: requests, answered, errors, max_in_flight, cpu_s."""
+        return httpx.get(f"http://{LOOPBACK}:{self.port}/stats", timeout=30).json()
+
+
+@contextlib.contextmanager
+def fake_openai_server(*args: str, port: int = 0) -> Iterator[FakeServer]:
+    """Start the fake server with its command-line options (see its docstring); stop it on exit."""
+    cmd = [sys.executable, str(FAKE_SERVER), "--port", str(port), "--model", FAKE_MODEL, *args]
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+        try:
+            line = process.stdout.readline() if process.stdout else ""
+            if not line.startswith("listening "):
+                process.wait(timeout=10)
+                errors.seek(0)
+                raise RuntimeError(f"the fake server did not start ({line!r}): {errors.read()[-2000:]}")
+            base_url = line.split()[1]
+            yield FakeServer(base_url, process, int(base_url.rsplit(":", 1)[1].split("/")[0]))
+        finally:
+            _stop(process)  # type: ignore[arg-type]
+            if process.stdout:
+                process.stdout.close()
+
+
 def key_in_files(root: Path, secret: str) -> list[Path]:
     """Every file under `root` whose bytes contain `secret` (binary files such as SQLite included)."""
     needle = secret.encode("utf-8")
@@ -321,14 +365,17 @@ def key_in_files(root: Path, secret: str) -> list[Path]:
 
 
 __all__ = [
+    "FAKE_MODEL",
     "LOOPBACK",
     "SCRIPTED_MODEL",
     "SCRIPTED_TEXT",
     "SCRIPTED_USAGE",
+    "FakeServer",
     "LlamaServer",
     "ScriptedServer",
     "Step",
     "drop",
+    "fake_openai_server",
     "free_port",
     "key_in_files",
     "llama_server",
