@@ -6,7 +6,6 @@ inputs in tags, answer in <response> tags); the wording is ours.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -79,16 +78,9 @@ def _context(task: TaskSpec, row: dict[str, Any], aspect_mode: AspectMode) -> di
     }
 
 
-_OTHER_LINE_BREAKS = re.compile("[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
-
-
 def _render(template: str, **ctx: Any) -> list[Message]:
     text = _env.get_template(template).render(**ctx)
-    if _OTHER_LINE_BREAKS.search(text):
-        text = "\n".join(line.rstrip() for line in text.splitlines())
-    else:  # the same result, several times faster: strip each line's trailing whitespace
-        text = _TRAILING_SPACE.sub("", text)
+    text = "\n".join(line.rstrip() for line in text.splitlines())
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return [{"role": "user", "content": text.strip()}]
