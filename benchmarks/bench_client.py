@@ -177,6 +177,10 @@ def measure(args: argparse.Namespace) -> list[Run]:
             write_prompts(prompts, args.prompts)
             # What starting each client costs (imports, reading inputs), subtracted from its CPU.
             _, rmboost_start_cpu, _ = run_child(rmboost_cmd(url, prompts, 0, 1, work / "empty"), env)
+            (work / "none.jsonl").write_bytes(b"")
+            _, bare_start_cpu, _ = run_child(
+                [sys.executable, __file__, "--bare", url + "/chat/completions", str(work / "none.jsonl"), "1"], env
+            )
             for c in args.concurrency:
                 limit = min(args.prompts, max(1, args.rounds * c))
                 folder = work / f"c{c}"
@@ -197,7 +201,8 @@ def measure(args: argparse.Namespace) -> list[Run]:
                 bare = json.loads(out)
                 if bare["requests"] != n:
                     raise RuntimeError(f"the bare loop finished {bare['requests']} of {n} requests")
-                runs.append(Run("bare", c, n, bare["wall_s"], cpu, rss, stats["cpu_s"], stats["max_in_flight"]))
+                runs.append(Run("bare", c, n, bare["wall_s"], cpu - bare_start_cpu, rss, stats["cpu_s"],
+                                stats["max_in_flight"]))
                 print_row(runs[-2], runs[-1], args.latency, file=sys.stderr)
     finally:
         server.kill()
@@ -231,12 +236,17 @@ def ceiling(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
+def cpu_per_request(run: Run) -> str:
+    """ms per request; blank for short runs, where the start-up estimate is larger than the run."""
+    return f"{1000 * run.cpu_s / run.requests:.2f}" if run.requests >= 500 else ""
+
+
 def print_row(rm: Run, bare: Run, latency: float, file: Any = sys.stdout) -> None:
     ideal = rm.requests / rm.concurrency * latency
     print(
         f"| {rm.concurrency} | {rm.requests} | {ideal:.1f} | {bare.wall_s:.1f} | {rm.wall_s:.1f} | "
-        f"{bare.wall_s / rm.wall_s:.2f} | {1000 * bare.cpu_s / bare.requests:.2f} | "
-        f"{1000 * rm.cpu_s / rm.requests:.2f} | {bare.peak_rss_mb:.0f} | {rm.peak_rss_mb:.0f} | "
+        f"{bare.wall_s / rm.wall_s:.2f} | {cpu_per_request(bare)} | "
+        f"{cpu_per_request(rm)} | {bare.peak_rss_mb:.0f} | {rm.peak_rss_mb:.0f} | "
         f"{1e6 * rm.server_cpu_s / rm.requests:.0f} | {rm.server_max_in_flight} |",
         file=file, flush=True,
     )  # fmt: skip
@@ -262,7 +272,7 @@ def main() -> None:
     p.add_argument("--ceiling-requests", type=int, default=20000)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    print(HEADER, file=sys.stderr)
+    print(HEADER, file=sys.stderr)  # rows appear on stderr as they are measured, then the table
     runs = measure(args)
     top = ceiling(args)
     print(HEADER)
