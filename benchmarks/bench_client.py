@@ -14,13 +14,15 @@ its own process) that answers every request after a fixed latency. Per concurren
   peak RSS  of each client process (getrusage of the child), and client CPU per request
             (the process's CPU minus that of starting it, divided by the requests)
 
-Each client runs in its own process; the server's CPU per request during each run is
-printed too, so its own ceiling (1 / CPU per request, on one core) can be checked against the
+Each client runs in its own process; each pair of runs is repeated (`--repeat`, default 3)
+and the table shows the pair with the median ratio, then the spread of the ratio: on a shared
+machine the clients' share of the CPU changes from one minute to the next. The server's CPU
+per request during each run is printed too, so its own ceiling (1 / CPU per request, on one core) can be checked against the
 rates measured. At low concurrency fewer prompts are used (`--rounds` requests per worker),
 so that every row takes about `2 x rounds x latency` seconds.
 
 Usage: python benchmarks/bench_client.py [--concurrency 1 4 16 64 256 1024] [--latency 1.0]
-           [--prompts 2000] [--rounds 8] [--json results.json]
+           [--prompts 2000] [--rounds 8] [--repeat 3] [--json results.json]
 """
 
 from __future__ import annotations
@@ -182,32 +184,39 @@ def measure(args: argparse.Namespace) -> list[Run]:
                 [sys.executable, __file__, "--bare", url + "/chat/completions", str(work / "none.jsonl"), "1"], env
             )
             for c in args.concurrency:
-                limit = min(args.prompts, max(1, args.rounds * c))
-                folder = work / f"c{c}"
-                server_call(url, "/reset", "POST")
-                _, cpu, rss = run_child(rmboost_cmd(url, prompts, limit, c, folder), env)
-                stats = server_call(url, "/stats")
-                summary = json.loads((folder / "pairs.summary.json").read_text("utf-8"))
-                if summary["pairs_written"] != limit:
-                    raise RuntimeError(f"rmboost wrote {summary['pairs_written']} of {limit} pairs")
-                runs.append(Run("rmboost", c, summary["llm_calls"], summary["wall_seconds"],
-                                cpu - rmboost_start_cpu, rss, stats["cpu_s"], stats["max_in_flight"]))
-                bodies = folder / "bodies.jsonl"
-                n = replay_bodies(folder / "cache.sqlite", bodies)
-                server_call(url, "/reset", "POST")
-                out, cpu, rss = run_child([sys.executable, __file__, "--bare", url + "/chat/completions",
-                                           str(bodies), str(c)], env)
-                stats = server_call(url, "/stats")
-                bare = json.loads(out)
-                if bare["requests"] != n:
-                    raise RuntimeError(f"the bare loop finished {bare['requests']} of {n} requests")
-                runs.append(Run("bare", c, n, bare["wall_s"], cpu - bare_start_cpu, rss, stats["cpu_s"],
-                                stats["max_in_flight"]))
-                print_row(runs[-2], runs[-1], args.latency, file=sys.stderr)
+                for rep in range(args.repeat):  # rmboost then bare, side by side, repeat times
+                    rm, bare = measure_pair(url, prompts, min(args.prompts, args.rounds * c), c,
+                                            work / f"c{c}-{rep}", env, rmboost_start_cpu, bare_start_cpu)
+                    runs += [rm, bare]
+                    print_row(rm, bare, args.latency, file=sys.stderr)
     finally:
         server.kill()
         server.wait()
     return runs
+
+
+def measure_pair(
+    url: str, prompts: Path, limit: int, c: int, folder: Path, env: dict[str, str], rm_start: float, bare_start: float
+) -> tuple[Run, Run]:
+    """One rmboost run, then the bare loop replaying its exact requests."""
+    server_call(url, "/reset", "POST")
+    _, cpu, rss = run_child(rmboost_cmd(url, prompts, limit, c, folder), env)
+    stats = server_call(url, "/stats")
+    summary = json.loads((folder / "pairs.summary.json").read_text("utf-8"))
+    if summary["pairs_written"] != limit:
+        raise RuntimeError(f"rmboost wrote {summary['pairs_written']} of {limit} pairs")
+    rm = Run("rmboost", c, summary["llm_calls"], summary["wall_seconds"], cpu - rm_start, rss,
+             stats["cpu_s"], stats["max_in_flight"])  # fmt: skip
+    bodies = folder / "bodies.jsonl"
+    n = replay_bodies(folder / "cache.sqlite", bodies)
+    server_call(url, "/reset", "POST")
+    out, cpu, rss = run_child([sys.executable, __file__, "--bare", url + "/chat/completions", str(bodies), str(c)], env)
+    stats = server_call(url, "/stats")
+    result = json.loads(out)
+    if result["requests"] != n:
+        raise RuntimeError(f"the bare loop finished {result['requests']} of {n} requests")
+    bare = Run("bare", c, n, result["wall_s"], cpu - bare_start, rss, stats["cpu_s"], stats["max_in_flight"])
+    return rm, bare
 
 
 def ceiling(args: argparse.Namespace) -> dict[str, float]:
@@ -269,6 +278,7 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=1.0)
     p.add_argument("--prompts", type=int, default=2000, help="at most this many prompts per run")
     p.add_argument("--rounds", type=int, default=8, help="prompts per worker (2 requests each), capped by --prompts")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each pair per concurrency (the median is shown)")
     p.add_argument("--ceiling-requests", type=int, default=20000)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -276,8 +286,15 @@ def main() -> None:
     runs = measure(args)
     top = ceiling(args)
     print(HEADER)
-    for rm, bare in zip(runs[::2], runs[1::2], strict=True):
-        print_row(rm, bare, args.latency)
+    pairs = list(zip(runs[::2], runs[1::2], strict=True))
+    for c in args.concurrency:
+        ranked = sorted((p for p in pairs if p[0].concurrency == c), key=lambda p: p[1].wall_s / p[0].wall_s)
+        print_row(*ranked[len(ranked) // 2], args.latency)  # the run with the median ratio
+    if args.repeat > 1:
+        print(f"\nratio bare / rmboost over {args.repeat} runs per concurrency (min, median, max):")
+        for c in args.concurrency:
+            ratios = sorted(b.wall_s / r.wall_s for r, b in pairs if r.concurrency == c)
+            print(f"  {c:>5}: {ratios[0]:.2f}  {ratios[len(ratios) // 2]:.2f}  {ratios[-1]:.2f}")
     print(
         f"\nserver alone (no latency, 256 in flight, {top['requests']} requests): "
         f"{top['requests_per_s']:.0f} requests/s with the bare client on the same cores; "
