@@ -167,7 +167,7 @@ def rmboost_cmd(url: str, prompts: Path, limit: int, concurrency: int, folder: P
 
 
 def measure(args: argparse.Namespace) -> list[Run]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(args.src)}
     env.setdefault(KEY_ENV, "sk-bench-not-secret")
     os.environ.setdefault(KEY_ENV, env[KEY_ENV])
     runs: list[Run] = []
@@ -280,6 +280,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8, help="prompts per worker (2 requests each), capped by --prompts")
     p.add_argument("--repeat", type=int, default=3, help="runs of each pair per concurrency (the median is shown)")
     p.add_argument("--ceiling-requests", type=int, default=20000)
+    p.add_argument("--src", type=Path, default=ROOT / "src", help="the rmboost source tree to run (compare versions)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     print(HEADER, file=sys.stderr)  # rows appear on stderr as they are measured, then the table
