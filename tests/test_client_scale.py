@@ -41,11 +41,11 @@ def prompts(path: Path, n: int) -> Path:
     return path
 
 
-def generate(urls: list[str], tmp: Path, *extra: str, inputs: Path, output: Path | None = None):
+def generate(urls: list[str], tmp: Path, *extra: str, inputs: Path, output: Path | None = None, progress: bool = False):
     output = output or tmp / "out" / "pairs.jsonl"
     args = ["generate", "--backend", "openai", "--model", FAKE_MODEL, "--api-key-env", KEY_ENV,
             "--input", str(inputs), "--output", str(output), "--cache", str(tmp / "cache.sqlite"),
-            "--no-progress", *extra]  # fmt: skip
+            "--progress" if progress else "--no-progress", *extra]  # fmt: skip
     for url in urls:
         args += ["--base-url", url]
     return CliRunner().invoke(app, args)
@@ -154,7 +154,7 @@ def test_a_replica_that_dies_mid_job_loses_and_duplicates_no_pair(tmp_path: Path
     arrives. Every prompt still becomes exactly one pair, none twice, no failure."""
     inputs = prompts(tmp_path / "p.jsonl", 30)
     with fake_openai_server("--latency", "0.05", "--die-after", "15") as a, fake_openai_server("--latency", "0.05") as b:
-        result = generate([a.base_url, b.base_url], tmp_path, "--concurrency", "6", inputs=inputs)
+        result = generate([a.base_url, b.base_url], tmp_path, "--concurrency", "6", inputs=inputs, progress=True)
         assert a.process.wait(timeout=30) == 3, "replica A must have died"
         b_stats = b.stats()
     assert result.exit_code == 0, result.output
@@ -164,6 +164,8 @@ def test_a_replica_that_dies_mid_job_loses_and_duplicates_no_pair(tmp_path: Path
     first = summary_of(output)
     assert first["pairs_written"] == 30 and not first["failures"]
     assert b_stats["answered"] >= 60 - 14, "B took over what A could not answer"
+    progress_lines = [line for line in result.output.splitlines() if " finished | " in line]
+    assert progress_lines and "limit 6/6" in progress_lines[-1] and "replicas up" in progress_lines[-1]
 
 
 def test_replica_order_and_cache_identity_keep_cache_hits(tmp_path: Path):

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +342,23 @@ def test_http_client_reports_refused_connections_and_timeouts():
             await client.close()
 
     assert run(go()) == ("timeout", "connection_error")
+
+
+def test_the_open_file_limit_is_raised_for_the_concurrency_or_refused_in_one_line():
+    """Sockets count against `ulimit -n` (often 1024): a child process with a hard limit of 600
+    gets its soft limit raised for 300 in flight, and a clear refusal for 1000."""
+    code = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 600))\n"
+        "from rmboost.llm.openai_compat import OpenAIBackend\n"
+        "OpenAIBackend('http://127.0.0.1:9/v1', 'm', max_in_flight=300)\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+        "try:\n"
+        "    OpenAIBackend('http://127.0.0.1:9/v1', 'm', max_in_flight=1000)\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    soft, refusal = result.stdout.strip().splitlines()
+    assert int(soft) >= 300 + 256
+    assert "1000 requests in flight" in refusal and "at most 600" in refusal and "--concurrency" in refusal
