@@ -24,6 +24,7 @@ Scenarios, counted in chat requests since start (or /reset), for tests of failur
                      answer them all (a check that a client really reaches N in flight that
                      needs no clock; gives up holding after --hold-timeout seconds)
   --api-key KEY      demand "Authorization: Bearer KEY" (401 otherwise)
+It also answers requests sent to it as an HTTP proxy (absolute URIs), for proxy tests.
 A request whose body contains FAKE_BAD_REQUEST gets a 400 whose message repeats the
 Authorization header it was sent, as careless servers do (tests check the client redacts it).
 """
@@ -175,6 +176,8 @@ class FakeServer:
 
     def handle(self, conn: Connection, method: bytes, path: bytes, auth: bytes, body: bytes) -> None:
         path = path.split(b"?", 1)[0].rstrip(b"/")
+        if path.startswith(b"http"):  # an absolute URI, as sent to a proxy: this server is one
+            path = b"/" + path.split(b"/", 3)[-1]
         if path == b"/stats":
             conn.send(200, json.dumps(self.scenario.stats()).encode())
         elif path == b"/reset" and method == b"POST":

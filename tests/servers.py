@@ -332,7 +332,7 @@ class FakeServer:
 
     def stats(self) -> dict[str, Any]:
         """The server's own counters: requests, answered, errors, max_in_flight, cpu_s."""
-        return httpx.get(f"http://{LOOPBACK}:{self.port}/stats", timeout=30).json()
+        return httpx.get(f"http://{LOOPBACK}:{self.port}/stats", timeout=30, trust_env=False).json()
 
 
 @contextlib.contextmanager

@@ -277,3 +277,25 @@ def _finished_lines(path: Path) -> list[str]:
     if not path.exists():
         return []
     return [line for line in path.read_text("utf-8").splitlines(keepends=True) if line.endswith("\n")]
+
+
+def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch):
+    """HTTP_PROXY names the fake server; the endpoint's host does not exist. The request can
+    only be answered if it went through the proxy (the fake server answers absolute URIs)."""
+    with fake_openai_server("--latency", "0") as proxy:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        backend = OpenAIBackend("http://rmboost-no-such-host.invalid:8000/v1", FAKE_MODEL, api_key_env=KEY_ENV)
+
+        async def go():
+            try:
+                await backend.check()
+                return await backend.complete([{"role": "user", "content": "via the proxy"}], SamplingParams())
+            finally:
+                await backend.aclose()
+
+        completion = run(go())
+        stats = proxy.stats()
+    assert completion.text.startswith("<response>Answer ")
+    assert stats["answered"] == 1

@@ -4,6 +4,7 @@ the breaker and the replica pool take a fake clock)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import sqlite3
@@ -362,3 +363,22 @@ def test_the_open_file_limit_is_raised_for_the_concurrency_or_refused_in_one_lin
     soft, refusal = result.stdout.strip().splitlines()
     assert int(soft) >= 300 + 256
     assert "1000 requests in flight" in refusal and "at most 600" in refusal and "--concurrency" in refusal
+
+
+def test_http_client_undoes_a_gzip_encoding_nobody_asked_for():
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        body = gzip.compress(b'{"ok": true}')
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    async def go() -> bytes:
+        server, url = await _serve(handler)
+        client = HTTPClient({}, timeout=10)
+        try:
+            return (await client.request("POST", url, b"{}")).body
+        finally:
+            await client.close()
+            server.close()
+
+    assert run(go()) == b'{"ok": true}'

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -207,6 +208,18 @@ def ensure_open_files(connections: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
+def _decoded(response: Response) -> Response:
+    """Undo a Content-Encoding the server applied although none was asked for."""
+    encoding = response.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            body = zlib.decompress(response.body, 47)  # 47: gzip or zlib header, detected
+        except zlib.error as exc:
+            raise TransportError("connection_error", f"BadResponse ({encoding}: {exc})") from None
+        return response._replace(body=body)
+    return response
+
+
 class HTTPClient:
     """Requests with default headers (the API key among them: never logged) and a timeout."""
 
@@ -247,7 +260,7 @@ class HTTPClient:
                         self._idle.setdefault(target.key, []).append(conn)
                     else:
                         conn.close()
-                    return response
+                    return _decoded(response)
         except TimeoutError:
             raise TransportError("timeout", "timeout") from None
 
