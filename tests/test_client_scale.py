@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import read_jsonl, run
-from servers import FAKE_MODEL, fake_openai_server, key_in_files
+from servers import FAKE_MODEL, fake_openai_server, free_port, key_in_files
 from typer.testing import CliRunner
 
 from rmboost.cli import app
-from rmboost.llm import LLMError, SamplingParams
+from rmboost.llm import FatalLLMError, LLMError, SamplingParams
 from rmboost.llm.openai_compat import OpenAIBackend
 from rmboost.methods.judge import p_first_from_logprobs
 
@@ -62,7 +62,6 @@ def error_lines(output: str) -> list[str]:
 # --------------------------------------------------------------------------- throughput guard rail
 
 
-@pytest.mark.slow
 def test_requests_in_flight_really_reach_the_concurrency(tmp_path: Path):
     """512 prompts at --concurrency 512: the server holds every answer until 512 requests are in
     flight at once (it gives up after 120 s), so only a client that really has 512 in flight can
@@ -236,7 +235,6 @@ def test_logprobs_come_back_in_the_shape_the_judge_reads():
 # --------------------------------------------------------------------------- kill -9
 
 
-@pytest.mark.slow
 def test_kill_9_mid_job_keeps_every_answer_a_pair_used_and_resume_pays_nothing_twice(tmp_path: Path):
     """Answers are committed once per event-loop tick, and a request returns only after its row
     is committed. So after kill -9: every finished pair's answers are in the cache; the resumed
@@ -299,3 +297,57 @@ def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch):
         stats = proxy.stats()
     assert completion.text.startswith("<response>Answer ")
     assert stats["answered"] == 1
+
+
+UVICORN_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def models(request):
+    return JSONResponse({"object": "list", "data": [{"id": "uvicorn-model"}]})
+
+async def chat(request):
+    body = await request.json()
+    text = "<response>" + body["messages"][-1]["content"][::-1] + "</response>"
+    return JSONResponse({"model": "uvicorn-model", "choices": [{"message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+
+app = Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), timeout_keep_alive=1, log_level="warning")
+"""
+
+
+def test_the_http_client_against_uvicorn_which_closes_idle_connections(tmp_path: Path):
+    """The server stack vLLM and llama_cpp.server run on. uvicorn closes a connection idle for
+    more than a second (here): the next request must not fail on the closed connection (a new
+    one is opened, or the request is sent again on one), nor count as a failure."""
+    port = free_port()
+    app = tmp_path / "app.py"
+    app.write_text(UVICORN_APP, "utf-8")
+    proc = subprocess.Popen([sys.executable, str(app), str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    backend = OpenAIBackend(f"http://127.0.0.1:{port}/v1", "uvicorn-model", api_key_env=KEY_ENV, max_retries=0)
+
+    async def go() -> list[str]:
+        for _ in range(200):  # until uvicorn listens (a refused connection is instant)
+            try:
+                await backend.check()
+                break
+            except FatalLLMError:
+                await asyncio.sleep(0.1)
+        texts = [(await backend.complete([{"role": "user", "content": f"abc{i}"}], SamplingParams())).text
+                 for i in range(3)]  # fmt: skip
+        await asyncio.sleep(2.5)  # longer than uvicorn's keep-alive: it closes the idle connection
+        texts.append((await backend.complete([{"role": "user", "content": "after idle"}], SamplingParams())).text)
+        await backend.aclose()
+        return texts
+
+    try:
+        texts = run(go())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert texts == ["<response>0cba</response>", "<response>1cba</response>", "<response>2cba</response>",
+                     "<response>eldi retfa</response>"]  # fmt: skip
+    assert backend.breaker.raise_if_open() is None and backend.pool.replicas[0].failures == 0
