@@ -73,6 +73,7 @@ def _compiled(source: str) -> jinja2.Template:
     """Compile a prompt template once, not once per row (compiling cost ~10x the rendering)."""
     return _jinja.from_string(source)
 
+
 _REQUIRED_KEYS = ("name", "role", "goal", "guideline", "aspects", "inputs", "prompt_template")
 
 
