@@ -351,3 +351,21 @@ def test_the_http_client_against_uvicorn_which_closes_idle_connections(tmp_path:
     assert texts == ["<response>0cba</response>", "<response>1cba</response>", "<response>2cba</response>",
                      "<response>eldi retfa</response>"]  # fmt: skip
     assert backend.breaker.raise_if_open() is None and backend.pool.replicas[0].failures == 0
+
+
+def test_an_unknown_model_or_an_unreachable_replica_is_one_line_before_any_request(tmp_path: Path):
+    inputs = prompts(tmp_path / "p.jsonl", 2)
+    with fake_openai_server("--latency", "0") as server:
+        wrong = CliRunner().invoke(app, ["generate", "--backend", "openai", "--base-url", server.base_url,
+                                         "--model", "no-such-model", "--input", str(inputs), "--no-progress",
+                                         "--output", str(tmp_path / "w" / "pairs.jsonl")])  # fmt: skip
+        dead = f"http://127.0.0.1:{free_port()}/v1"
+        partly = generate([server.base_url, dead], tmp_path, inputs=inputs)
+        stats = server.stats()
+    assert wrong.exit_code == 2 and error_lines(wrong.output) == [
+        f"error: model 'no-such-model' is not served at {server.base_url} (it serves: {FAKE_MODEL})"
+    ]
+    assert partly.exit_code == 2
+    (line,) = error_lines(partly.output)
+    assert f"cannot reach the endpoint {dead}" in line
+    assert stats["requests"] == 0, "nothing is sent before every replica answered the check"
