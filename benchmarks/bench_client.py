@@ -6,7 +6,7 @@ its own process) that answers every request after a fixed latency. Per concurren
   ideal     requests / concurrency x latency: what a client that costs nothing would take
   bare      a bare aiohttp loop (one session, pool without a cap, JSON parsed) replaying the
             exact request bodies rmboost sent, read from rmboost's cache and serialised by the
-            backend's own `chat_body` before the clock starts
+            backend's own `chat_body_json` before the clock starts
   rmboost   `rmboost generate` (RMBoost on QA-Feedback-sized prompts: y1, then the rewrite y2),
             the job's own wall time (its summary's wall_seconds: inputs, endpoint check, every
             request, the cache, the output), with a fresh cache file: the cache is on
@@ -141,7 +141,7 @@ def write_prompts(path: Path, n: int) -> None:
 
 def replay_bodies(cache: Path, out: Path) -> int:
     """The exact request bodies rmboost sent, from its cache, serialised as the backend does."""
-    from rmboost.llm.openai_compat import chat_body
+    from rmboost.llm.chat_format import chat_body_json
     from rmboost.llm.types import SamplingParams
 
     with sqlite3.connect(cache) as db, out.open("wb") as fh:
@@ -150,7 +150,7 @@ def replay_bodies(cache: Path, out: Path) -> int:
             request = json.loads(text)
             params = request["params"]
             params["stop"] = tuple(params.get("stop") or ())
-            fh.write(chat_body(MODEL, request["messages"], SamplingParams(**params)) + b"\n")
+            fh.write(chat_body_json(MODEL, request["messages"], SamplingParams(**params)) + b"\n")
     return len(rows)
 
 

@@ -80,9 +80,10 @@ def run_trl(pairs: Path, max_length: int, steps: int, batch: int, trl_defaults: 
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from rmboost.rm.backbones import load_reward_model, minilm_path
+    from rmboost.models import minilm_path
+    from rmboost.rm.backbones import load_reward_model
     from rmboost.rm.data import PairFormatter, read_pairs
-    from rmboost.rm.train import device_settings
+    from rmboost.training import device_settings
 
     t = time.perf_counter()
     set_seed(0)

@@ -42,6 +42,8 @@ import sys
 import time
 from typing import Any
 
+from rmboost.llm.chat_format import completion_body
+
 FILLER = (
     "The passages answer the question in part. The first names the event and its date, the "
     "second adds who took part, and the third explains why it mattered. A complete answer "
@@ -92,21 +94,13 @@ class Scenario:
 def completion_json(body: bytes, model: str, answer_chars: int) -> bytes:
     digest = hashlib.blake2b(body, digest_size=8).hexdigest()
     text = f"<response>Answer {digest}. {FILLER[: max(0, answer_chars - 40)]}</response>"
-    reply: dict[str, Any] = {
-        "id": f"chatcmpl-{digest}",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
-        ],
-        "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": len(text) // 4,
-                  "total_tokens": len(body) // 4 + len(text) // 4},
-    }
+    logprobs = None
     if b'"logprobs": true' in body or b'"logprobs":true' in body:
         top = [{"token": "first", "logprob": math.log(0.7), "bytes": None},
                {"token": "second", "logprob": math.log(0.2), "bytes": None}]
-        reply["choices"][0]["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
+        logprobs = [{**top[0], "top_logprobs": top}]
+    reply = completion_body(text, model, tokens_in=len(body) // 4, tokens_out=len(text) // 4,
+                            id=f"chatcmpl-{digest}", logprobs=logprobs)
     return json.dumps(reply).encode()
 
 

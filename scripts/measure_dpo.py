@@ -98,15 +98,13 @@ def _read(path: str) -> list[dict[str, Any]]:
 
 
 async def judge_all(systems: dict[str, list[dict[str, Any]]], pairs: list[tuple[str, str]], k: int, seed: int) -> dict[str, Any]:
-    from rmboost.backends import BackendOptions
-    from rmboost.generate import default_cache_path
-    from rmboost.llm.cache import RequestCache
+    from rmboost.llm.cache import RequestCache, default_cache_path
     from rmboost.methods.common import StepFailed
     from rmboost.methods.judge import JudgeOptions, make_judge
     from rmboost.tasks import load_task
 
     cache = RequestCache(default_cache_path())
-    judge = make_judge(JudgeOptions(backend=BackendOptions(), mode="logprobs"), load_task("qa_feedback"), seed, cache)
+    judge = make_judge(JudgeOptions(mode="logprobs"), load_task("qa_feedback"), seed, cache)
     results: dict[str, Any] = {}
     try:
         for a, b in pairs:

@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests never touch the network: model hubs are switched off here."""
+"""Shared fixtures and the test lanes. Tests never touch the network: model hubs are switched off here.
+
+Lanes: a test that costs more than a unit test carries a cost marker (declared in pyproject.toml):
+`llm`, `train`, `browser`, `server`, `slow`. Every test without one is marked `fast` here, so
+`pytest -m fast` is the fast lane. A test that loads the embedded model in this process without
+the `llm` marker fails (see `_guard_llm`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import asyncio
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,64 @@ from rmboost.llm.types import Completion, LLMError, Message, SamplingParams
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 QA_FEEDBACK = SHARED / "data" / "qa_feedback"
+
+
+COST_MARKERS = ("llm", "train", "browser", "server", "slow")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        costly = [m for m in COST_MARKERS if item.get_closest_marker(m)]
+        if not costly:
+            item.add_marker(pytest.mark.fast)
+        elif item.get_closest_marker("fast"):
+            raise pytest.UsageError(f"{item.nodeid}: marked fast and {', '.join(costly)}")
+
+
+# --------------------------------------------------------------------------- the llm guard
+
+_LLM_LOADS: dict[str, int] = {}  # test id -> embedded-model loads in this process while it ran
+_RUNNING: list[pytest.Item] = []
+
+
+def _guard_llm() -> None:
+    """Count every llama.cpp model load against the test that is running (fixtures included)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:  # the setup is incomplete; the tests that need it say so themselves
+        return
+    original = Llama.__init__
+
+    @functools.wraps(original)
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        if _RUNNING:
+            _LLM_LOADS[_RUNNING[-1].nodeid] = _LLM_LOADS.get(_RUNNING[-1].nodeid, 0) + 1
+        original(self, *args, **kwargs)
+
+    Llama.__init__ = counted  # type: ignore[method-assign]
+
+
+_guard_llm()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    _RUNNING.append(item)
+    try:
+        yield
+    finally:
+        _RUNNING.pop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed and _LLM_LOADS.get(item.nodeid) and not item.get_closest_marker("llm"):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} loaded the embedded model (llama.cpp) without the `llm` marker; "
+                           "mark it @pytest.mark.llm (or give it a scripted backend)")
 
 
 @pytest.fixture(autouse=True)

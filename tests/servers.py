@@ -6,7 +6,9 @@ Two kinds, both bound to 127.0.0.1 only and always stopped by their context mana
   OpenAI-compatible endpoint, so the backend is tested against what it will meet, not a mock.
 * `ScriptedServer`: a tiny threaded `http.server` answering chat requests from a script
   (429 with Retry-After, 5xx, dropped connections, slow answers, then a valid completion), for
-  the failure paths a real model server cannot be made to produce on demand.
+  the failure paths a real model server cannot be made to produce on demand; with `reply`, a
+  fast stand-in model whose answers depend on the request (the experiment's kill/resume test);
+  with `tls`, over https.
 * `fake_openai_server`: benchmarks/fake_openai_server.py in its own process, the fast server the
   client benchmark uses: hundreds of requests in flight, 429 bursts, failing or dying on cue.
 """
@@ -18,18 +20,21 @@ import itertools
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from rmboost.llm.chat_format import completion_body
 
 LOOPBACK = "127.0.0.1"
 
@@ -203,21 +208,8 @@ SCRIPTED_USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 1
 
 
 def chat_completion_body(text: str = SCRIPTED_TEXT) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-scripted",
-        "object": "chat.completion",
-        "created": 0,
-        "model": SCRIPTED_MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": dict(SCRIPTED_USAGE),
-    }
+    return completion_body(text, SCRIPTED_MODEL, tokens_in=SCRIPTED_USAGE["prompt_tokens"],
+                           tokens_out=SCRIPTED_USAGE["completion_tokens"], id="chatcmpl-scripted")
 
 
 @dataclass
@@ -234,15 +226,24 @@ class ScriptedServer:
     dropped one cannot be mistaken for a stale keep-alive connection.
     """
 
-    def __init__(self, script: list[Step] | None = None, default: Step | None = None):
+    def __init__(
+        self,
+        script: list[Step] | None = None,
+        default: Step | None = None,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.script = list(script or [])
         self.default = default or ok()
+        self.reply = reply  # the answer text from the request body (default: SCRIPTED_TEXT); may block
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._httpd.request_queue_size = 128
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = int(self._httpd.server_address[1])
-        self.base_url = f"http://{LOOPBACK}:{self.port}/v1"
+        self.base_url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> ScriptedServer:
@@ -310,8 +311,9 @@ class ScriptedServer:
                     return
                 if step.kind == "sleep":
                     time.sleep(step.seconds)
-                with contextlib.suppress(OSError):  # the client may have given up (timeout)
-                    self._send_json(200, chat_completion_body())
+                text = server.reply(body) if server.reply else SCRIPTED_TEXT
+                with contextlib.suppress(OSError):  # the client may have given up (timeout, kill)
+                    self._send_json(200, chat_completion_body(text))
 
         return Handler
 

@@ -14,11 +14,12 @@ import pytest
 from conftest import read_jsonl
 from typer.testing import CliRunner
 
-from rmboost.align.dpo import DPOTrainConfig, fit_prompt, read_dpo_meta, train_dpo
-from rmboost.align.relabel import DEFAULT_GOAL_TEMPLATE, GoalSpec, RelabelConfig, run_relabel
+from rmboost.align.dpo import META_FILE, DPOTrainConfig, train_dpo
+from rmboost.align.goals import DEFAULT_GOAL_TEMPLATE, GoalSpec
+from rmboost.align.policy import fit_prompt
+from rmboost.align.relabel import RelabelConfig, run_relabel
 from rmboost.cli import app
-
-pytestmark = pytest.mark.slow
+from rmboost.training import read_meta
 
 
 def goal(score: str, high: str = "7") -> str:
@@ -42,11 +43,12 @@ def qaf_pairs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from rmboost.rm.backbones import resolve_backbone
+    from rmboost.models import resolve_model
 
-    return AutoTokenizer.from_pretrained(resolve_backbone("smollm2"))
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2"))
 
 
+@pytest.mark.slow
 def test_fit_prompt_keeps_goal_and_question(tokenizer, qaf_pairs: list[dict]) -> None:
     prompt = GoalSpec(variant="user", low=1, high=7).condition([{"role": "user", "content": qaf_pairs[0]["prompt"]}], 7)
     cut, was_cut = fit_prompt(tokenizer, prompt, 80)
@@ -67,6 +69,8 @@ def test_fit_prompt_keeps_goal_and_question(tokenizer, qaf_pairs: list[dict]) ->
         fit_prompt(tokenizer, prompt, 50, protect=protect)
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_dpo_steps_on_real_pairs_lower_the_loss(tmp_path: Path, qaf_pairs: list[dict]) -> None:
     src = tmp_path / "plain.jsonl"
     src.write_text(json.dumps(qaf_pairs[0]) + "\n")
@@ -81,9 +85,12 @@ def test_dpo_steps_on_real_pairs_lower_the_loss(tmp_path: Path, qaf_pairs: list[
     assert losses[0] == pytest.approx(math.log(2), abs=1e-3)  # the policy starts as its own reference
     assert losses[-1] < losses[0] - 0.05, losses
     assert s["prompts_cut"] == 1 and s["precision"] == "fp32" and not s["gradient_checkpointing"]
-    assert read_dpo_meta(tmp_path / "policy")["goal"] is None
+    assert read_meta(tmp_path / "policy", META_FILE)["goal"] is None
 
 
+@pytest.mark.train
+@pytest.mark.llm
+@pytest.mark.slow
 def test_relabelled_policy_samples_at_the_top_goal(tmp_path: Path, qaf_pairs: list[dict]) -> None:
     # One real pair, scored and relabelled (user-turn variant): two rows, the swapped one included.
     pair = {**qaf_pairs[0], "chosen_score": 6, "rejected_score": 2}
@@ -99,7 +106,7 @@ def test_relabelled_policy_samples_at_the_top_goal(tmp_path: Path, qaf_pairs: li
         )
     )
     assert s["relabelled"] and s["rows"] == 2
-    meta = read_dpo_meta(out)
+    meta = read_meta(out, META_FILE)
     assert meta["goal"] == {"variant": "user", "template": DEFAULT_GOAL_TEMPLATE, "low": 1, "high": 7}
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
@@ -125,6 +132,8 @@ def test_relabelled_policy_samples_at_the_top_goal(tmp_path: Path, qaf_pairs: li
     assert r.exit_code == 2 and "outside the goal scale 1-7" in r.output
 
 
+@pytest.mark.llm
+@pytest.mark.slow
 def test_base_policy_with_a_system_goal(tmp_path: Path, qaf_pairs: list[dict]) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "q", "prompt": qaf_pairs[0]["inputs"]["question"]}) + "\n")
@@ -139,6 +148,9 @@ def test_base_policy_with_a_system_goal(tmp_path: Path, qaf_pairs: list[dict]) -
     assert "SmolLM, trained by" not in fed and f"<|im_start|>user\n{qaf_pairs[0]['inputs']['question']}<|im_end|>" in fed
 
 
+@pytest.mark.train
+@pytest.mark.llm
+@pytest.mark.slow
 def test_lora_trains_an_adapter_that_samples(tmp_path: Path, qaf_pairs: list[dict]) -> None:
     src = tmp_path / "plain.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in qaf_pairs[:2]))
@@ -151,7 +163,7 @@ def test_lora_trains_an_adapter_that_samples(tmp_path: Path, qaf_pairs: list[dic
     )
     assert s["lora"] and 0 < s["trainable_parameters"] < 5_000_000 and not s["relabelled"]
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
-    assert read_dpo_meta(out)["goal"] is None
+    assert read_meta(out, META_FILE)["goal"] is None
     r = CliRunner().invoke(app, ["sample", "-m", str(out), "-i", str(src), "-o", str(tmp_path / "s.jsonl"),
                                  "--max-new-tokens", "4"])
     assert r.exit_code == 0, r.output
@@ -167,6 +179,12 @@ def test_dpo_input_errors_name_the_problem(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--label-smoothing has no effect with --loss sigmoid" in " ".join(r.output.split())
     r = runner.invoke(app, ["dpo", "--train", str(good), "-o", str(tmp_path / "m"), "--max-prompt-length", "500"])
     assert r.exit_code == 2 and "--max-prompt-length 500" in r.output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow  # the policy is loaded before the file is read
+def test_dpo_names_a_malformed_row(tmp_path: Path) -> None:
+    runner = CliRunner()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "Q?", "chosen": "A.", "rejected": "B."}) + "\n" + json.dumps({"prompt": "Q?", "chosen": "A."}) + "\n")
     r = runner.invoke(app, ["dpo", "--train", str(bad), "-o", str(tmp_path / "m"), "--max-steps", "1"])

@@ -10,18 +10,11 @@ import pytest
 from conftest import read_jsonl
 from typer.testing import CliRunner
 
-from rmboost.align.relabel import (
-    DEFAULT_GOAL_TEMPLATE,
-    GoalSpec,
-    RelabelConfig,
-    format_score,
-    map_rewards,
-    parse_scale,
-    read_source_pairs,
-    relabel_pairs,
-    run_relabel,
-)
+from rmboost.align.goals import DEFAULT_GOAL_TEMPLATE, GoalSpec, format_score, parse_scale
+from rmboost.align.relabel import RelabelConfig, relabel_pairs, run_relabel
+from rmboost.align.scores import map_rewards
 from rmboost.cli import app
+from rmboost.data.messages import read_source_pairs, split_pair
 
 X = "Question: Who wrote Hamlet?\n\nPassages:\n[1] Hamlet: a tragedy by William Shakespeare."
 YW = "William Shakespeare wrote Hamlet around 1600."
@@ -115,8 +108,6 @@ def test_chat_rows_keep_their_turns_and_inputs_are_not_mutated() -> None:
 
 
 def read_source_pairs_from(row: dict, tmp: Path | None = None):
-    from rmboost.align.relabel import split_pair
-
     return split_pair(row, "mem, line 1", 0)
 
 
@@ -219,7 +210,6 @@ def test_reward_mapping_onto_the_goal_scale() -> None:
 
 def test_judge_failures_remove_only_their_pairs(tmp_path: Path, scripted) -> None:
     """Control flow with a scripted judge (text mode): an unparseable rating drops that pair, not the job."""
-    from rmboost.backends import BackendOptions
     from rmboost.methods.judge import JudgeOptions
 
     rows = [
@@ -239,7 +229,7 @@ def test_judge_failures_remove_only_their_pairs(tmp_path: Path, scripted) -> Non
     out = tmp_path / "o.jsonl"
     cfg = RelabelConfig(
         input=write(tmp_path / "p.jsonl", rows), output=out, scores_from="judge",
-        judge=JudgeOptions(backend=BackendOptions(), mode="text"), cache=tmp_path / "cache.sqlite",
+        judge=JudgeOptions(mode="text"), cache=tmp_path / "cache.sqlite",
     )
     s = run_relabel(cfg, judge_backend=backend)
     kept = read_jsonl(out)

@@ -11,8 +11,6 @@ from typer.testing import CliRunner
 
 from rmboost.cli import app
 
-pytestmark = pytest.mark.slow
-
 
 def _pairs(qa_feedback_dir: Path, n: int) -> list[dict]:
     from rmboost.data.qa_feedback import load_human_pairs
@@ -22,6 +20,7 @@ def _pairs(qa_feedback_dir: Path, n: int) -> list[dict]:
     return [p for p in pairs if p["group"] == group][:n]  # one question: the pairs share responses
 
 
+@pytest.mark.llm
 def test_judge_scores_with_the_embedded_model(tmp_path: Path, qa_feedback_dir: Path) -> None:
     pairs = _pairs(qa_feedback_dir, 2)
     src = tmp_path / "pairs.jsonl"
@@ -53,6 +52,7 @@ def test_judge_scores_with_the_embedded_model(tmp_path: Path, qa_feedback_dir: P
     assert r.exit_code == 0 and out.read_text() == first
 
 
+@pytest.mark.train
 def test_rm_scores_are_mapped_onto_the_scale(tmp_path: Path, qa_feedback_dir: Path) -> None:
     from rmboost.rm.train import TrainRMConfig, train_rm
 

@@ -13,7 +13,7 @@ from rmboost.generate import GenerateConfig, run_generate
 from rmboost.methods.rmboost import assign_labels
 
 N_PROMPTS = 4
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.llm, pytest.mark.slow]  # one generation job shared by the module
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_pairs_are_labelled_by_construction(job):
 
     ids = [p["id"] for p in qa_feedback.load_prompts(job["cfg"].input)[:N_PROMPTS]]
     expected = assign_labels(ids, seed=7)
+    assert len(pairs) >= N_PROMPTS // 2
     for p in pairs:
         assert p["label"] == expected[p["id"]]
         assert p["y1"].strip() and p["y2"].strip() and p["y1"] != p["y2"]
@@ -79,6 +80,7 @@ def test_rerun_makes_zero_calls_and_identical_output(job):
     assert Path(job["cfg"].output).read_bytes() == before
 
 
+@pytest.mark.train
 def test_datasets_and_trl_reward_trainer_take_the_output(job, tmp_path: Path):
     """The file goes into `datasets` and TRL's RewardTrainer unchanged and trains a step.
 

@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import QA_FEEDBACK, read_jsonl, run
 
-from rmboost.backends import BackendOptions
 from rmboost.data import qa_feedback
 from rmboost.filtering import run_filter
 from rmboost.generate import GenerateConfig, run_generate
 from rmboost.methods.judge import JudgeOptions
 
-pytestmark = pytest.mark.slow
-LOGPROB_JUDGE = JudgeOptions(backend=BackendOptions(), mode="logprobs")
+pytestmark = pytest.mark.llm
+LOGPROB_JUDGE = JudgeOptions(mode="logprobs")
 
 
 def generate(tmp_path: Path, method: str, n_prompts: int = 2, **kw):
@@ -42,6 +41,7 @@ def test_rlcd(tmp_path: Path):
 
 def test_rlaif_with_logprob_judge_on_llamacpp(tmp_path: Path):
     summary, pairs = generate(tmp_path, "rlaif", judge=LOGPROB_JUDGE)
+    assert pairs, summary.failures
     assert summary.judge_usage["judge"]["calls"] == 2 * len(pairs)  # one call per order
     for p in pairs:
         verdict = p["judge"]
@@ -54,7 +54,8 @@ def test_rlaif_with_logprob_judge_on_llamacpp(tmp_path: Path):
 
 def test_west_of_n_with_the_judge_scorer(tmp_path: Path):
     summary, pairs = generate(tmp_path, "west-of-n", n=3, judge=LOGPROB_JUDGE)
-    assert pairs or set(summary.failures) <= {"all_tied", "pool_too_small"}
+    # Expected ratings from log-probabilities are continuous: a pool of real samples is not all tied.
+    assert pairs, summary.failures
     for p in pairs:
         assert 1.0 <= p["rejected_score"] < p["chosen_score"] <= 10.0
         assert p["chosen_score"] == max(p["scores"])
@@ -77,6 +78,7 @@ def test_filter_real_pairs_with_the_real_judge(tmp_path: Path):
         assert row["filter"]["winner"] != "a"
 
 
+@pytest.mark.train
 def test_west_of_n_with_a_trained_reward_model(tmp_path: Path):
     """The RM scorer: a checkpoint from train-rm (a few real steps on real pairs) ranks the pool."""
     import json
@@ -89,6 +91,7 @@ def test_west_of_n_with_a_trained_reward_model(tmp_path: Path):
     train_rm(TrainRMConfig(train=[str(human)], output=tmp_path / "rm", prompt_field="inputs.question",
                            max_length=64, batch_size=8, max_steps=2, logging_steps=1))
     summary, pairs = generate(tmp_path, "west-of-n", n_prompts=1, n=3, scorer=f"rm:{tmp_path / 'rm'}")
+    assert len(pairs) == 1, summary.failures  # RM rewards are continuous: the pool is not all tied
     assert summary.judge_usage == {}  # the RM costs no LLM tokens
     scorer = RewardScorer(tmp_path / "rm")
     for p in pairs:

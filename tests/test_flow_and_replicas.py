@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import run
 
-from rmboost.llm.cache import RequestCache, request_blob, request_key
+from rmboost.llm.cache import RequestCache, messages_json, request_blob, request_key
+from rmboost.llm.chat_format import chat_body, chat_body_json
 from rmboost.llm.flow import AdaptiveLimit, CircuitBreaker
 from rmboost.llm.http import HTTPClient, TransportError
-from rmboost.llm.openai_compat import OpenAIBackend, chat_body
+from rmboost.llm.openai_compat import OpenAIBackend
 from rmboost.llm.replicas import ReplicaPool
 from rmboost.llm.types import Completion, FatalLLMError, SamplingParams
 
@@ -223,7 +224,9 @@ def test_request_keys_are_byte_for_byte_what_they_always_were():
         )  # fmt: skip
         assert request_blob(identity, messages, params, 2) == before
         assert request_key(identity, messages, params, 2) == hashlib.sha256(before.encode()).hexdigest()
-        assert json.loads(chat_body("m", messages, params))["messages"] == messages
+        sent = chat_body_json("m", messages, params)  # the online body: the batch body, messages as keyed
+        assert json.loads(sent) == chat_body("m", messages, params)
+        assert f'"messages":{messages_json(messages)},'.encode() in sent and messages_json(messages) in before
 
 
 # --------------------------------------------------------------------------- cache: one commit per tick

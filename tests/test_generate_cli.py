@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_jsonl
+from servers import SCRIPTED_MODEL, ScriptedServer
 from typer.testing import CliRunner
 
 from rmboost.cli import app
@@ -44,9 +45,10 @@ def _wait_for_pairs(proc: subprocess.Popen, out: Path, n: int, timeout: float = 
         time.sleep(0.2)
 
 
+@pytest.mark.llm
 @pytest.mark.slow
 def test_kill_9_then_ctrl_c_then_resume_loses_and_repeats_nothing(tmp_path: Path):
-    out, cache, limit = tmp_path / "pairs.jsonl", tmp_path / "cache.sqlite", 3
+    out, cache, limit = tmp_path / "pairs.jsonl", tmp_path / "cache.sqlite", 4
 
     proc = _start(out, cache, limit)
     _wait_for_pairs(proc, out, 1)
@@ -54,15 +56,17 @@ def test_kill_9_then_ctrl_c_then_resume_loses_and_repeats_nothing(tmp_path: Path
     proc.wait(timeout=30)
     after_kill = _complete_lines(out)
     assert after_kill, "the finished pair must survive kill -9"
+    # Ctrl-C below must land while prompts remain (one call at a time: pairs finish seconds apart).
+    assert len(after_kill) + 1 < limit, f"{len(after_kill)} pairs already: no work left for Ctrl-C"
 
     proc = _start(out, cache, limit)
     _wait_for_pairs(proc, out, len(after_kill) + 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    if proc.returncode != 0:  # it may have finished just before the signal landed
-        assert proc.returncode == 130, stderr
-        assert "run the same command again to resume" in stderr
+    assert proc.returncode == 130, stderr
+    assert "run the same command again to resume" in stderr
     after_int = _complete_lines(out)
+    assert len(after_int) < limit
     assert [r["id"] for r in after_int[: len(after_kill)]] == [r["id"] for r in after_kill]
 
     proc = _start(out, cache, limit)
@@ -158,12 +162,35 @@ def test_merge_shards(tmp_path: Path):
     assert clash.exit_code == 2 and "is in both" in clash.output
 
 
-def test_environment_variable_is_honoured_for_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from rmboost.generate import default_cache_path
+def _cached_requests(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("select count(*) from requests").fetchone()[0]
 
-    monkeypatch.setenv("RMBOOST_CACHE", str(tmp_path / "c.sqlite"))
-    assert default_cache_path() == tmp_path / "c.sqlite"
-    monkeypatch.delenv("RMBOOST_CACHE")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_cache_path() == tmp_path / "rmboost" / "llm-cache.sqlite"
-    assert os.environ.get("RMBOOST_CACHE") is None
+
+def test_environment_variable_is_honoured_for_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`generate` without --cache stores every answer in $RMBOOST_CACHE, else under $XDG_CACHE_HOME."""
+    from rmboost.llm.cache import default_cache_path
+
+    monkeypatch.delenv("RMBOOST_HOME", raising=False)  # it would move the cache folder
+
+    def generate(server: ScriptedServer, output: Path) -> None:
+        result = runner.invoke(app, [
+            "generate", "--backend", "openai", "--base-url", server.base_url, "--model", SCRIPTED_MODEL,
+            "--api-key-env", "RMBOOST_TEST_NO_SUCH_KEY", "--input", "sample:qa_feedback", "--limit", "1",
+            "--output", str(output), "--no-progress"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+    by_seed = ScriptedServer(reply=lambda body: f"<response>answer {body.get('seed')}</response>")
+    with by_seed as server:
+        monkeypatch.setenv("RMBOOST_CACHE", str(tmp_path / "c.sqlite"))
+        assert default_cache_path() == tmp_path / "c.sqlite"
+        generate(server, tmp_path / "a.jsonl")
+        assert server.attempts == 2 and _cached_requests(tmp_path / "c.sqlite") == 2
+
+        monkeypatch.delenv("RMBOOST_CACHE")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        xdg_cache = tmp_path / "xdg" / "rmboost" / "llm-cache.sqlite"
+        assert default_cache_path() == xdg_cache
+        generate(server, tmp_path / "b.jsonl")
+        assert server.attempts == 4 and _cached_requests(xdg_cache) == 2  # a new cache: asked again
+        assert _cached_requests(tmp_path / "c.sqlite") == 2

@@ -10,6 +10,8 @@ from conftest import ScriptedBackend, read_jsonl, run
 from rmboost.data.inputs import InputError
 from rmboost.generate import GenerateConfig, run_generate
 from rmboost.llm import LLMError
+from rmboost.methods.rmboost import sample_aspects
+from rmboost.tasks import load_task
 
 
 def write_prompts(path: Path, n: int) -> Path:
@@ -125,9 +127,17 @@ def test_y1_from_column_skips_the_first_call(tmp_path: Path):
 
 
 def test_sample_mode_records_sampled_aspects(tmp_path: Path):
-    run(run_generate(cfg_for(tmp_path, n=2, aspect_mode="sample", aspects_k=2), backend=ScriptedBackend(smart_answer)))
-    for r in read_jsonl(tmp_path / "out" / "pairs.jsonl"):
-        assert len(r["aspects"]) == 2 and r["aspect_mode"] == "sample"
+    backend = ScriptedBackend(smart_answer)  # its rewrites claim <aspects>Completeness</aspects>
+    run(run_generate(cfg_for(tmp_path, n=2, aspect_mode="sample", aspects_k=2), backend=backend))
+    rows = read_jsonl(tmp_path / "out" / "pairs.jsonl")
+    assert [r["id"] for r in rows] == ["p0", "p1"]
+    task = load_task("qa_feedback")
+    for r in rows:  # the aspects the rewrite was asked for (seeded by row), not what it claimed
+        targets = sample_aspects(task, r["id"], 0, 2)
+        assert r["aspects"] == [a.name for a in targets] and r["aspect_mode"] == "sample"
+        rewrite = next(m[-1]["content"] for m, _ in backend.calls
+                       if "<existing_answer>" in m[-1]["content"] and f"Question {r['id'][1:]}?" in m[-1]["content"])
+        assert f"on these aspects: {', '.join(a.title for a in targets)}" in rewrite
 
 
 def test_shards_partition_the_job(tmp_path: Path):

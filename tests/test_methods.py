@@ -11,8 +11,9 @@ import pytest
 from conftest import ScriptedBackend, read_jsonl, run
 
 from rmboost.filtering import run_filter
-from rmboost.generate import GenerateConfig, estimate_cost, run_generate
+from rmboost.generate import GenerateConfig, run_generate
 from rmboost.llm import LLM, Completion, SamplingParams
+from rmboost.llm.accounting import estimate_cost
 from rmboost.methods.common import MethodContext, StepFailed
 from rmboost.methods.judge import (
     Judge,
@@ -111,7 +112,9 @@ def test_unparseable_judge_is_a_failure_with_reason():
     with pytest.raises(StepFailed) as info:
         run(Judge(ctx).compare(ROW, "a", "b"))
     assert info.value.reason == "refusal"
-    assert len(backend.calls) == 1  # greedy: resampling would only repeat itself
+    # Both orders are asked at once (one batch round); greedy, neither is resampled (it would repeat).
+    assert len(backend.calls) == 2
+    assert len({c[1].seed for c in backend.calls}) == 2
 
 
 def test_logprob_judge_averages_both_orders():
@@ -184,7 +187,7 @@ def test_rlaif_uses_the_judge(tmp_path: Path):
     summary = run(run_generate(cfg(tmp_path, "rlaif"), backend=ScriptedBackend(generator_answer),
                                judge_backend=ScriptedBackend(quality_judge)))
     rows = read_jsonl(tmp_path / "o.jsonl")
-    assert len(rows) + sum(summary.failures.values()) == 4
+    assert rows and len(rows) + sum(summary.failures.values()) == 4
     for r in rows:
         q = lambda s: int(s.split()[-1])  # noqa: E731
         assert q(r["chosen"]) > q(r["rejected"])

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import read_jsonl, run
 from servers import (
@@ -112,6 +113,8 @@ async def _check(backend: OpenAIBackend) -> None:
 # --------------------------------------------------------------------------- real server
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_complete_returns_text_and_real_token_usage(keyed: LlamaServer):
     params = SamplingParams(temperature=0.7, max_tokens=16, seed=1)
     completion = run(_complete(backend_for(keyed), params))
@@ -125,6 +128,8 @@ def test_complete_returns_text_and_real_token_usage(keyed: LlamaServer):
     assert not completion.cached
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_seed_and_temperature_are_honoured(keyed: LlamaServer):
     """What llama_cpp.server really guarantees about seeds.
 
@@ -151,10 +156,18 @@ def test_seed_and_temperature_are_honoured(keyed: LlamaServer):
     assert len(set(greedy)) == 1, "at temperature 0 the seed must not matter"
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_check_passes_for_the_served_model(keyed: LlamaServer):
-    run(_check(backend_for(keyed)))
+    # check() compares the name with the server's listing; it passes silently when there is no
+    # listing at all, so first make sure the listing exists and names the alias.
+    listing = httpx.get(f"{keyed.base_url}/models", headers={"Authorization": f"Bearer {keyed.api_key}"}, timeout=30)
+    assert listing.status_code == 200 and keyed.model in [m["id"] for m in listing.json()["data"]]
+    assert run(_check(backend_for(keyed))) is None
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_check_names_a_wrong_model_and_what_is_served(keyed: LlamaServer):
     wrong = backend_for(keyed, model="gpt-4o-nonexistent")
     with pytest.raises(FatalLLMError) as err:
@@ -186,6 +199,8 @@ def _assert_no_secret(exc: BaseException, *secrets_: str) -> None:
         assert secret not in printed
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_a_rejected_key_names_the_variable_never_the_key(llama: LlamaServer, monkeypatch: pytest.MonkeyPatch):
     assert llama.api_key
     wrong_key = f"sk-wrong-{secrets.token_hex(16)}"
@@ -201,6 +216,8 @@ def test_a_rejected_key_names_the_variable_never_the_key(llama: LlamaServer, mon
     _assert_no_secret(err.value, wrong_key, llama.api_key)
 
 
+@pytest.mark.server
+@pytest.mark.llm
 def test_a_missing_key_says_the_variable_is_not_set(llama: LlamaServer, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(FatalLLMError) as err:
@@ -208,6 +225,7 @@ def test_a_missing_key_says_the_variable_is_not_set(llama: LlamaServer, monkeypa
     assert f"no ${KEY_ENV} set" in str(err.value)
 
 
+@pytest.mark.server
 def test_a_server_that_cannot_start_is_reported_with_its_own_log(tmp_path: Path):
     """The fixture's failure mode: a clear error carrying the server's output, not a hang."""
     missing = tmp_path / "missing.gguf"
@@ -246,6 +264,9 @@ def _generate(server: LlamaServer, output: Path, cache: Path) -> dict:
     return json.loads(output.with_name(output.name.split(".")[0] + ".summary.json").read_text("utf-8"))
 
 
+@pytest.mark.server
+@pytest.mark.llm
+@pytest.mark.slow
 def test_generate_end_to_end_then_replays_from_the_cache(keyed: LlamaServer, tmp_path: Path):
     """Two prompts through the CLI; then the same command again costs zero LLM calls.
 

@@ -1,15 +1,15 @@
 """`rmboost report`: the results table logic, and the HTML page rendered in headless Chromium.
 
 `build_run_dir` writes a small RUN_DIR by hand in the layout `rmboost experiment` writes, so the
-report can be tested without running an experiment; point `REPORT_RUN_DIR` at a real run to
-render that instead (the page checks then use its variants).
+report can be tested, every check of it, without running an experiment. A report of a real run is
+rendered by the experiment's end-to-end test (tests/test_experiment.py). REPORT_SCREENSHOT=PATH
+saves a screenshot of the page.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,9 +224,25 @@ def build_run_dir(root: Path, *, hostile: bool = True) -> Path:
         "baselines": {"longer_wins": {"accuracy": 0.501, "ci": [0.436, 0.563]}, "coin": {"accuracy": 0.5}},
         "variants": variants, "settings": ["real", "syn", "real+syn"], "seeds": [0, 1],
         "cells": cells, "table": table, "generation": generation,
+        # Paired differences (rmboost.comparisons): only rmboost in real+syn is detectably best.
+        "comparisons": [
+            _paired("syn", "rmboost", "real", 0.03, -0.01, 0.07, 0.2), _paired("syn", "rlcd", "real", -0.02, -0.06, 0.02, 0.4),
+            _paired("syn", "rmboost", "rlcd", 0.05, -0.002, 0.10, 0.07),
+            _paired("real+syn", "rmboost", "real", 0.07, 0.03, 0.11, 0.001), _paired("real+syn", "rlcd", "real", 0.04, 0.0, 0.08, 0.06),
+            _paired("real+syn", "rmboost", "rlcd", 0.03, 0.01, 0.05, 0.02),
+        ],
+        "best": {"syn": None, "real+syn": "rmboost"},
+        "power": {"available": True, "alpha": 0.05, "power": 0.8, "pairs": 6, "questions": 6, "pairs_per_question": 1.0,
+                  "icc": 0.0, "design_effect": 1.0, "pair_variance": 0.3, "seeds": 2, "seed_sd": 0.012,
+                  "basis": "median over 6 paired comparisons", "mdd_test_set": 0.63, "mdd": 0.631},
     }
     (run / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return run
+
+
+def _paired(setting: str, a: str, b: str, diff: float, lo: float, hi: float, p: float) -> dict[str, Any]:
+    return {"setting": setting, "a": a, "b": b, "difference": diff, "ci95": [lo, hi], "p_value": p,
+            "detected": lo > 0 or hi < 0, "permutation": "exact", "seeds": [2, 2]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +271,13 @@ def test_results_table_cells_best_and_states(tmp_path):
     assert [r["name"] for r in t["rows"]] == list(FIXTURE_VARIANTS)
     assert t["real"]["state"] == "ok" and t["real"]["mean"] == pytest.approx(0.57)
     rows = {r["name"]: dict(zip(t["columns"], r["cells"], strict=True)) for r in t["rows"]}
-    assert rows["rmboost"]["syn"]["state"] == "ok" and rows["rmboost"]["syn"]["best"]
-    assert rows["rmboost"]["real+syn"]["best"] and not rows["rlcd"]["real+syn"]["best"]
+    assert rows["rmboost"]["syn"]["state"] == "ok"
+    # "best" needs a detected paired difference (results["best"]), never the highest mean alone:
+    # rmboost has the top mean in both columns but is detectably best only in real+syn.
+    assert rows["rmboost"]["real+syn"]["best"] and not rows["rmboost"]["syn"]["best"]
+    assert not any(c["best"] for r in t["rows"] for c in r["cells"] if r["name"] != "rmboost")
+    assert not any(c["best"] for r in results_table({**results, "best": {}})["rows"] for c in r["cells"])
+    assert rows["rmboost"]["syn"]["vs_real"]["ci95"] == [-0.01, 0.07] and not rows["rmboost"]["syn"]["vs_real"]["detected"]
     assert rows["rmboost"]["syn"]["delta"] == pytest.approx(0.03)
     assert rows["rlcd"]["syn"]["notes"] == ["1 of 2 seeds failed"]
     assert rows["rlaif"]["syn"]["state"] == "no_data" and rows["rlaif"]["syn"]["mean"] is None
@@ -305,11 +326,7 @@ def report_page(tmp_path_factory):
     """Render the report through the CLI (which computes analysis.json) and open it in Chromium."""
     from playwright.sync_api import sync_playwright
 
-    if real := os.environ.get("REPORT_RUN_DIR"):
-        run = tmp_path_factory.mktemp("real") / "run"
-        shutil.copytree(real, run, ignore=shutil.ignore_patterns("rm", "report.html", "analysis.json", "figures"))
-    else:
-        run = build_run_dir(tmp_path_factory.mktemp("report"))
+    run = build_run_dir(tmp_path_factory.mktemp("report"))
     out = run / "out" / "page.html"
     # In process (the same Typer app the console script runs), so the MiniLM that computes the
     # missing analysis.json loads into a process that has torch imported already.
@@ -339,20 +356,25 @@ def report_page(tmp_path_factory):
         browser.close()
 
 
+@pytest.mark.browser
 def test_page_renders_results_table(report_page):
     page, results = report_page["page"], report_page["results"]
     assert page.title() == f"rmboost · {results['name']}"
     rows = page.locator("#results-table tbody tr")
     assert rows.count() == len(results["variants"]) + 1
     assert "Real only" in rows.nth(0).inner_text()
-    if os.environ.get("REPORT_RUN_DIR"):
-        return
     assert "57.0" in rows.nth(0).inner_text()
     best = page.locator("#results-table td.best")
-    assert best.count() == 2 and all("rmboost" in best.nth(i).locator("xpath=..").inner_text() for i in range(2))
+    assert best.count() == 1 and "rmboost" in best.nth(0).locator("xpath=..").inner_text()
     rmboost_row = rows.nth(1).inner_text()
     assert "60.0" in rmboost_row and "[58.0, 62.0]" in rmboost_row and "s0 61.0 · s1 59.0" in rmboost_row
-    assert "+3.0 vs real" in rmboost_row
+    assert "+3.0 [-1.0, +7.0] vs real" in rmboost_row and "+7.0 [+3.0, +11.0] vs real ✓" in rmboost_row
+    paired = page.locator("table.paired")
+    assert paired.count() == 2
+    # real+syn: rmboost vs real, rmboost vs rlcd and (mirrored) rlcd vs rmboost
+    assert paired.nth(1).locator("td.detected").count() == 3
+    assert "best in real+syn: rmboost" in page.locator("#results").inner_text()
+    assert "smallest difference this run could detect" in page.locator("#results").inner_text().lower()
     assert "1 of 2 seeds failed" in rows.nth(2).inner_text()
     assert rows.nth(3).locator(".badge.nodata").count() == 1 and rows.nth(3).locator(".badge.failed").count() == 1
     assert rows.nth(4).locator(".badge.pending").count() == 2
@@ -364,18 +386,18 @@ def test_page_renders_results_table(report_page):
     assert f"rmboost report {report_page['run']} -o {report_page['run'] / 'out' / 'page.html'} --max-pairs 7" in header
 
 
+@pytest.mark.browser
 def test_page_figures_load(report_page):
     page = report_page["page"]
     sizes = page.eval_on_selector_all("img.fig", "imgs => imgs.map(i => [i.alt, i.complete, i.naturalWidth])")
     names = [alt for alt, _, _ in sizes]
-    if not os.environ.get("REPORT_RUN_DIR"):
-        assert names == ["length-ratio histograms", "beta distributions", "diversity", "tokens per variant", "filter rates"]
+    assert names == ["length-ratio histograms", "beta distributions", "diversity", "tokens per variant", "filter rates"]
     assert all(complete and width > 200 for _, complete, width in sizes), sizes
     beta = page.locator("#beta table").inner_text()
-    if not os.environ.get("REPORT_RUN_DIR"):
-        assert "not available" in beta and "Pr(y|x)" in beta
+    assert "not available" in beta and "Pr(y|x)" in beta
 
 
+@pytest.mark.browser
 def test_pair_browser_filters_and_searches(report_page):
     page, run = report_page["page"], report_page["run"]
     results = report_page["results"]
@@ -385,29 +407,27 @@ def test_pair_browser_filters_and_searches(report_page):
     assert count.inner_text() == f"showing {total} of {total} matching pairs ({total} embedded)"
     assert page.locator("article.pair").count() == total
 
-    name = next(n for n, c in counts.items() if c)
+    name = "rmboost"
+    assert counts[name] == 7  # capped by --max-pairs 7 (the fixture has 8)
     page.select_option("#variant-filter", name)
     assert count.inner_text().startswith(f"showing {counts[name]} of {counts[name]} ")
     variants = page.eval_on_selector_all("article.pair", "els => els.map(e => e.dataset.variant)")
     assert variants == [name] * counts[name]
     first = page.locator("article.pair").first
     assert first.locator(".side.chosen pre").inner_text() and first.locator(".side.rejected pre").inner_text()
-    if not os.environ.get("REPORT_RUN_DIR"):
-        assert first.locator(".chip.better").inner_text() == "y2 better"
-        assert first.locator(".chip").nth(1).inner_text() == "relevance_coherence"
-        assert first.locator(".diff ins").count() >= 1  # terse y1 -> full y2
-        page.locator("article.pair").nth(1).locator(".diff del").first.wait_for()
+    assert first.locator(".chip.better").inner_text() == "y2 better"
+    assert first.locator(".chip").nth(1).inner_text() == "relevance_coherence"
+    assert first.locator(".diff ins").count() >= 1  # terse y1 -> full y2
+    page.locator("article.pair").nth(1).locator(".diff del").first.wait_for()
 
     page.select_option("#variant-filter", "")
     # fixture: the reef question is pair 5 of rmboost, rlcd and the real pairs (rlaif has 5 pairs)
-    term = "coral reef" if not os.environ.get("REPORT_RUN_DIR") else max(
-        first.locator(".side.chosen pre").inner_text().split(), key=len)
+    term = "coral reef"
     search(page, term)
     shown = page.eval_on_selector_all("article.pair", "els => els.map(e => e.textContent.toLowerCase())")
     assert shown and all(term.lower() in text for text in shown)
     assert count.inner_text().startswith(f"showing {len(shown)} of {len(shown)} ")
-    if not os.environ.get("REPORT_RUN_DIR"):
-        assert len(shown) == 3
+    assert len(shown) == 3
     search(page, "no pair says this xyzzy")
     assert count.inner_text().startswith("showing 0 of 0 ")
     assert page.locator(".empty").inner_text() == "No pair matches."
@@ -421,15 +441,15 @@ def search(page: Any, term: str) -> None:
     page.wait_for_function("q => document.getElementById('pair-count').dataset.query === q", arg=term.strip().lower())
 
 
+@pytest.mark.browser
 def test_untrusted_text_stays_text_and_nothing_leaves_the_machine(report_page):
     page = report_page["page"]
-    if not os.environ.get("REPORT_RUN_DIR"):
-        page.select_option("#variant-filter", "rlcd")
-        search(page, "attacker.invalid")
-        assert page.locator("#pair-count").inner_text().startswith("showing 1 of 1 ")
-        assert page.locator("article.pair .side.rejected pre").inner_text() == HOSTILE
-        assert page.locator("article.pair img").count() == 0
-        assert page.evaluate("window.pwned === undefined")
+    page.select_option("#variant-filter", "rlcd")
+    search(page, "attacker.invalid")
+    assert page.locator("#pair-count").inner_text().startswith("showing 1 of 1 ")
+    assert page.locator("article.pair .side.rejected pre").inner_text() == HOSTILE
+    assert page.locator("article.pair img").count() == 0
+    assert page.evaluate("window.pwned === undefined")
     assert report_page["errors"] == []
     assert report_page["outside"] == []
     csp = page.get_attribute('meta[http-equiv="Content-Security-Policy"]', "content")

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from rmboost.cli import app
 from rmboost.data.qa_feedback import load_human_pairs, split_by_question
+from rmboost.rm.backbones import META_FILE
 from rmboost.rm.data import (
     Pair,
     PairFormatter,
@@ -27,9 +28,9 @@ from rmboost.rm.data import (
 )
 from rmboost.rm.evaluate import evaluate_scores, outcomes
 from rmboost.rm.score import RewardScorer
-from rmboost.rm.train import META_FILE, TrainRMConfig, device_settings, train_rm
+from rmboost.rm.train import TrainRMConfig, train_rm
+from rmboost.training import device_settings
 
-pytestmark = pytest.mark.slow
 MAX_LEN = 64
 
 
@@ -55,7 +56,7 @@ def qaf_split() -> tuple[list[dict], list[dict]]:
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from rmboost.rm.backbones import minilm_path
+    from rmboost.models import minilm_path
 
     return AutoTokenizer.from_pretrained(minilm_path())
 
@@ -93,11 +94,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, qaf_split, minilm_tokenize
     return {"cfg": cfg, "summary": summary, "train": train_file, "val": val_file, "work": work}
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_training_lowers_loss_and_raises_accuracy(trained: dict) -> None:
     """Bradley-Terry loss and accuracy on the training pairs, before vs after training."""
     from transformers import set_seed
 
-    from rmboost.rm.backbones import load_reward_model, minilm_path
+    from rmboost.models import minilm_path
+    from rmboost.rm.backbones import load_reward_model
 
     pairs = read_pairs(trained["train"], "inputs.question")
     set_seed(0)  # train_rm seeds the fresh head the same way, so this is the untrained model
@@ -116,6 +120,8 @@ def test_training_lowers_loss_and_raises_accuracy(trained: dict) -> None:
     assert len(s["validation_history"]) == 6  # one evaluation per epoch picks the checkpoint
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_saved_model_round_trip(trained: dict) -> None:
     """The saved folder reloads to the model that was in memory at the end of training."""
     out = trained["cfg"].output
@@ -133,6 +139,8 @@ def test_saved_model_round_trip(trained: dict) -> None:
     assert reloaded["accuracy"] == in_memory["accuracy"]
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint(trained: dict, tmp_path: Path) -> None:
     """--init loads every weight of the checkpoint (the head too): its first loss is already low."""
     s = train_rm(
@@ -152,6 +160,8 @@ def test_init_starts_from_a_checkpoint(trained: dict, tmp_path: Path) -> None:
     assert s["last_logged"]["loss"] < math.log(2) - 0.1
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_scoring_is_deterministic(trained: dict) -> None:
     pairs = read_pairs(trained["val"], "inputs.question")
     prompts = [p.prompt for p in pairs] * 2
@@ -167,6 +177,8 @@ def test_scoring_is_deterministic(trained: dict) -> None:
     assert len(set(np.round(first, 6))) > 1  # not a constant
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_eval_rm_matches_hand_computation(trained: dict, tmp_path: Path, qaf_split) -> None:
     """eval-rm's JSON against rewards computed one by one, including an over-length pair."""
     _, test_rows = qaf_split
@@ -302,6 +314,8 @@ def test_device_settings_on_cpu() -> None:
         device_settings("tpu")
 
 
+@pytest.mark.train
+@pytest.mark.slow
 def test_cli_data_train_eval_score(tmp_path: Path, trained: dict) -> None:
     from conftest import QA_FEEDBACK
 

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from rmboost.rm.backbones import CONVERTED_MARKER, load_reward_model, resolve_backbone
+from rmboost.models import CONVERTED_MARKER, resolve_model
+from rmboost.rm.backbones import load_reward_model
 from rmboost.rm.data import PairFormatter
 from rmboost.rm.score import RewardScorer
 from rmboost.rm.train import TrainRMConfig, train_rm
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.train, pytest.mark.slow]  # the SmolLM2 conversion (cached) and training
 
 
 def test_smollm2_converts_unmarked_and_trains(tmp_path: Path, qa_feedback_dir: Path) -> None:
     from rmboost.data.qa_feedback import load_human_pairs
 
-    path = Path(resolve_backbone("smollm2"))
+    path = Path(resolve_model("smollm2"))
     assert (path / CONVERTED_MARKER).is_file()
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config  # saved as a plain float checkpoint

@@ -5,30 +5,48 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rmboost.llm.types import Backend
+from rmboost.options import at_least, option
+
+BACKENDS = ("llamacpp", "openai")
+
+
+def http_urls(value: str | list[str]) -> str | None:
+    """One endpoint or several: each an http(s) URL."""
+    for url in [value] if isinstance(value, str) else value:
+        if not url.startswith(("http://", "https://")):
+            return f"must be an http:// or https:// URL, got {url!r}"
+    return None
 
 
 @dataclass
 class BackendOptions:
-    backend: str = "llamacpp"  # "llamacpp" | "openai"
-    model: str | None = None  # openai: the served model name; llamacpp: a GGUF path (None = embedded)
-    # openai: endpoint, e.g. http://localhost:8000/v1; repeat --base-url for replicas of one model
-    # (each attempt goes to the least-loaded healthy replica).
-    base_url: str | list[str] | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 6
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    n_ctx: int = 8192
-    threads: int | None = None  # llamacpp: CPU threads (None: all cores; 1 is faster on a busy machine)
-    logits_all: bool = False
-    # openai: name the deployment for the cache key instead of its URL(s), so cached answers
-    # survive a change of URL or of the replica set (default: the URL, or the sorted replica set).
-    cache_identity: str | None = None
-    # openai: stop the job when this many requests in a row failed after all their retries (0: off).
-    breaker_failures: int = 50
-    # openai: stop the job when every attempt has failed for this many seconds (0: off).
-    breaker_seconds: float = 120.0
+    """Which model answers and how it is reached: `rmboost generate`'s backend flags, an
+    experiment's `generator` section, and the judge's connection (see JudgeOptions)."""
+
+    backend: str = option("llamacpp", choices=BACKENDS,
+                          help="llamacpp (local GGUF) or openai (any compatible endpoint).")
+    model: str | None = option(None, help="openai: served model name; llamacpp: GGUF path (default: embedded SmolLM2-135M-Instruct).")
+    base_url: str | list[str] | None = option(
+        None, check=http_urls,
+        help="openai: endpoint, e.g. http://localhost:8000/v1; repeat for replicas of one model "
+             "(least-loaded healthy replica first).")
+    api_key_env: str = option("OPENAI_API_KEY", help="openai: environment variable holding the API key.")
+    cache_identity: str | None = option(
+        None, help="openai: name the deployment in the cache key instead of its URL(s), so cached "
+                   "answers survive URL or replica changes.")
+    breaker_failures: int = option(
+        50, check=at_least(0),
+        help="openai: stop (exit 2) after this many requests in a row failed after their retries (0: off).")
+    breaker_seconds: float = option(
+        120.0, check=at_least(0),
+        help="openai: stop (exit 2) when every attempt has failed for this many seconds (0: off).")
+    requests_per_minute: float | None = option(None, flags=("--rpm",), help="openai: requests per minute limit.")
+    tokens_per_minute: float | None = option(None, flags=("--tpm",), help="openai: tokens per minute limit.")
+    timeout: float = option(120.0, help="openai: per-request timeout in seconds.")
+    max_retries: int = option(6, help="openai: retries on 429/5xx/timeouts.")
+    n_ctx: int = option(8192, help="llamacpp: context window.")
+    threads: int | None = option(None, help="llamacpp: CPU threads (default: all cores; fewer helps when the machine is busy).")
+    logits_all: bool = option(False, cli=False, yaml=False)  # library use: every position's logits
 
 
 def make_backend(opts: BackendOptions, concurrency: int | None = None) -> Backend:

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmboost.data.inputs import InputError
-from rmboost.data.pairs import atomic_write_jsonl, read_pairs, sidecar
+from rmboost.data.inputs import read_rows
+from rmboost.data.messages import inputs_row, response_text
+from rmboost.data.pairs import atomic_write_jsonl, sidecar
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import command_backend
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
 from rmboost.methods.judge import JudgeOptions, make_judge
@@ -24,21 +28,12 @@ class FilterSummary:
     output: str
     removed_file: str
     judge_usage: dict[str, Any]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches, time waited
 
     @property
     def rate(self) -> float:
         judged = self.kept + self.removed
         return self.removed / judged if judged else 0.0
-
-
-def _judge_row(pair: dict[str, Any], index: int, source: str) -> dict[str, Any]:
-    inputs = pair.get("inputs")
-    if not isinstance(inputs, dict) or not inputs:
-        raise InputError(
-            f"{source}, row {index} (id {pair.get('id')}): no 'inputs' column, which the judge needs to "
-            "see the task's inputs (pairs from rmboost generate and the QA-Feedback loader have it)"
-        )
-    return {"id": str(pair.get("id", f"row-{index}")), **inputs}
 
 
 async def run_filter(
@@ -51,22 +46,42 @@ async def run_filter(
     cache_path: Path | None = None,
     concurrency: int = 1,
     judge_backend: Any = None,
+    batch: BatchOptions | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> FilterSummary:
-    pairs = read_pairs(pairs_path)
-    rows = [_judge_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
+    pairs = read_rows(pairs_path)
+    rows = [inputs_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
+    texts = [
+        (response_text(p.get("chosen"), f"{pairs_path}, row {i}", "chosen"),
+         response_text(p.get("rejected"), f"{pairs_path}, row {i}", "rejected"))
+        for i, p in enumerate(pairs)
+    ]
     task = load_task(task_name)
+    if batch is not None and not batch.enabled:
+        batch = None
+    if batch is not None and cache_path is None:
+        raise ValueError("--batch needs the request cache: answers and batch state live there")
+    if batch is not None and batch.transport == "command":
+        judge_backend = judge_backend or command_backend(judge_opts.connection())
     cache = RequestCache(cache_path) if cache_path else None
     judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
-    semaphore = asyncio.Semaphore(max(1, concurrency))
+    runner = None
+    if batch is not None:
+        assert cache is not None
+        runner = BatchRunner(cache, batch, judge_opts.max_attempts, report=report)
+        runner.attach(judge.ctx.llm, judge_opts.connection())
+    # Batch mode: every pair in flight (or --batch-rows of them), so that a round holds them all.
+    width = (batch.rows or len(pairs)) if batch is not None else concurrency
+    semaphore = asyncio.Semaphore(max(1, width))
     kept: list[dict[str, Any]] = []
     removed: list[dict[str, Any]] = []
     failed = 0
 
-    async def one(pair: dict[str, Any], row: dict[str, Any]) -> None:
+    async def one(pair: dict[str, Any], row: dict[str, Any], chosen: str, rejected: str) -> None:
         nonlocal failed
         async with semaphore:
             try:
-                verdict = await judge.compare(row, _text(pair["chosen"]), _text(pair["rejected"]), step="filter")
+                verdict = await judge.compare(row, chosen, rejected, step="filter")
             except StepFailed as fail:
                 failed += 1
                 removed.append({**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}})
@@ -76,8 +91,10 @@ async def run_filter(
 
     try:
         await judge.ctx.llm.backend.check()
-        await asyncio.gather(*(one(p, r) for p, r in zip(pairs, rows, strict=True)))
+        await asyncio.gather(*(one(p, r, *t) for p, r, t in zip(pairs, rows, texts, strict=True)))
     finally:
+        if runner is not None:
+            await runner.aclose()
         await judge.ctx.llm.backend.aclose()
         if cache is not None:
             cache.close()
@@ -92,11 +109,5 @@ async def run_filter(
     return FilterSummary(
         kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
         removed_file=str(removed_path), judge_usage=judge.ctx.llm.usage.as_dict(),
+        batch=runner.summary() if runner is not None else None,
     )
-
-
-def _text(value: Any) -> str:
-    """A response as text, from a plain string or a conversational message list."""
-    if isinstance(value, list):
-        return "\n".join(m.get("content", "") for m in value if m.get("role") == "assistant")
-    return str(value)

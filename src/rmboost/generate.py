@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,72 +19,95 @@ from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
 from rmboost.data import qa_feedback
-from rmboost.data.inputs import InputError, apply_field_map, read_rows
-from rmboost.data.pairs import (
-    FailureLog,
-    PairWriter,
-    read_jsonl_tolerant,
-    sidecar,
-    to_conversational,
-)
+from rmboost.data.inputs import InputError, apply_field_map, parse_field_map, read_rows
+from rmboost.data.messages import to_conversational
+from rmboost.data.pairs import FailureLog, PairWriter, read_jsonl_tolerant, sidecar
 from rmboost.llm import LLM, Backend, SamplingParams
-from rmboost.llm.cache import RequestCache
-from rmboost.methods.common import MethodContext, StepFailed
+from rmboost.llm.accounting import estimate_cost
+from rmboost.llm.batch import BatchOptions, BatchRunner
+from rmboost.llm.batch_command import command_backend
+from rmboost.llm.cache import RequestCache, default_cache_path
+from rmboost.methods.common import MethodContext, MethodSettings, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
 from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import assign_labels, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
+from rmboost.options import group, option, pick, reuse, validate
 from rmboost.progress import JobProgress
-from rmboost.prompts import ASPECT_MODES, Label
+from rmboost.prompts import Label
 from rmboost.tasks import TaskSpec, load_task
 
 # Every method: (ctx, row, pre-assigned label) -> pair row, or StepFailed. Only RMBoost uses the label.
 METHODS = {"rmboost": rmboost_pair, "rlaif": rlaif_pair, "rlcd": rlcd_pair, "west-of-n": west_of_n_pair}
 
 
-def default_cache_path() -> Path:
-    """One content-addressed cache per user: sharing it across jobs is safe and saves calls."""
-    if env := os.environ.get("RMBOOST_CACHE"):
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "rmboost" / "llm-cache.sqlite"
+LABEL_MODES = ("balanced", "worse", "better")
+INPUT_FORMATS = ("auto", "rows", "qa_feedback")
 
 
-@dataclass
+def _scorer(value: str) -> str | None:
+    return None if value == "judge" or value.startswith("rm:") else f"{value!r}: use judge or rm:PATH"
+
+
+@dataclass(kw_only=True)
 class GenerateConfig:
-    task: str
-    input: str
-    output: Path
-    method: str = "rmboost"
-    fields: dict[str, str] = field(default_factory=dict)
-    id_field: str = "id"
-    split: str = "train"
-    input_format: str = "auto"  # "auto" | "rows" | "qa_feedback"
-    limit: int | None = None
-    seed: int = 0
-    shard: tuple[int, int] | None = None  # (k, N), 1-based k
-    conversational: bool = False
-    backend: BackendOptions = field(default_factory=BackendOptions)
-    concurrency: int = 1
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_tokens: int = 512
-    cache: Path | None = None  # None: default_cache_path()
-    use_cache: bool = True
-    aspect_mode: str = "model-selects"
-    aspects_k: int = 2
-    y1_from: str | None = None
-    labels: str = "balanced"  # rmboost: "balanced", or every y2 "worse" / "better" than y1
-    max_attempts: int = 3
-    prefill: bool | None = None  # start answers inside <response>; None: on for llamacpp only
-    judge: JudgeOptions = field(default_factory=JudgeOptions)  # rlaif, west-of-n's judge scorer, --filter
-    n: int = 8  # west-of-n pool size
-    scorer: str = "judge"  # west-of-n: "judge" or "rm:PATH"
-    filter: bool = False  # keep a pair only if the judge agrees with its label in both orders
-    price_in: float | None = None  # per million input tokens, for the cost estimate
-    price_out: float | None = None
-    show_progress: bool = True
+    """One generation job: `rmboost generate`'s flags, in this order; an experiment's settings."""
+
+    output: Path = option(flags=("--output", "-o"), help="Pairs file (.jsonl or .parquet).")
+    task: str = option("qa_feedback", help="Built-in task name or a task YAML path.")
+    method: str = option("rmboost", choices=tuple(METHODS), help="Generation method.")
+    input: str = option(
+        "sample:qa_feedback", flags=("--input", "-i"),
+        help="Prompts: .jsonl/.json/.parquet/.csv, a saved HF dataset folder, QA-Feedback's "
+        "dev_feedback.json (or its folder), or sample:qa_feedback (20 shipped prompts).",
+    )
+    fields: dict[str, str] = option(
+        default_factory=dict, flags=("--field",), cli_type=list[str] | None, parse=parse_field_map,
+        help="Map a task field to your column: TASK_FIELD=COLUMN (repeatable).",
+    )
+    id_field: str = option("id", help="Column holding row ids (row-<index> when absent).")
+    split: str = option("train", help="Split of a saved DatasetDict.")
+    input_format: str = option("auto", choices=INPUT_FORMATS, noun="input format", help="auto, rows or qa_feedback.")
+    limit: int | None = option(None, help="Use only the first N prompts.")
+    seed: int = option(0, help="Seeds labels, aspects and every request.")
+    shard: tuple[int, int] | None = option(  # (k, N), 1-based k
+        None, cli_type=str | None, parse=lambda text: parse_shard(text),
+        help="Run shard k of N (k/N, 1-based); merge with `rmboost merge`.",
+    )
+    conversational: bool = option(False, help="Write prompt/chosen/rejected as chat message lists.")
+    backend: BackendOptions = group(BackendOptions)
+    concurrency: int = option(1, help="Requests in flight at once.")
+    temperature: float = option(0.7)
+    top_p: float = option(0.95)
+    max_tokens: int = option(512, help="Per response.")
+    aspect_mode: str = reuse(MethodSettings, "aspect_mode")
+    aspects_k: int = reuse(MethodSettings, "aspects_k")
+    y1_from: str | None = reuse(MethodSettings, "y1_from")
+    labels: str = option(
+        "balanced", choices=LABEL_MODES, noun="label mode",
+        help="rmboost: balanced (half better, half worse), worse (y2 always worse: y1 is chosen, "
+        "the +SFT-Response variant) or better.",
+    )
+    max_attempts: int = option(3, help="Samples per step before a prompt goes to failures.")
+    prefill: bool | None = option(
+        None, flags=("--prefill/--no-prefill",),
+        help="Start each answer inside <response> (default: on for llamacpp; for openai only servers "
+        "that continue a final assistant message, e.g. vLLM).",
+    )
+    cache: Path | None = option(None, help="Request cache (SQLite); default ~/.cache/rmboost/llm-cache.sqlite.")
+    use_cache: bool = option(True, flags=("--no-cache",), cli_type=bool, cli_default=False,
+                             parse=lambda no_cache: not no_cache, help="Neither read nor write the cache.")
+    show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show live progress.")
+    n: int = reuse(MethodSettings, "n")
+    scorer: str = option("judge", check=_scorer,
+                         help="west-of-n: judge (1-10 rating) or rm:PATH (a train-rm checkpoint).")
+    filter: bool = option(False, flags=("--filter",),
+                          help="Keep a pair only if the judge agrees with its label in both orders.")
+    judge: JudgeOptions = group(JudgeOptions, prefix="judge_")  # rlaif, west-of-n's judge scorer, --filter
+    price_in: float | None = option(None, help="Price per million input tokens (cost estimate).")
+    price_out: float | None = option(None, help="Price per million output tokens (cost estimate).")
+    batch: BatchOptions = group(BatchOptions, prefix="batch_")  # rounds of batches (rmboost.llm.batch)
 
 
 @dataclass
@@ -110,6 +132,7 @@ class GenerateSummary:
     cache_hits: int
     wall_seconds: float
     labels: dict[str, int]
+    batch: dict[str, Any] | None = None  # batch mode: rounds, batches created / re-attached, time waited
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -170,17 +193,6 @@ def needs_judge(cfg: GenerateConfig) -> bool:
     return cfg.method == "rlaif" or cfg.filter or (cfg.method == "west-of-n" and cfg.scorer == "judge")
 
 
-def estimate_cost(usages: list[dict[str, Any]], price_in: float | None, price_out: float | None) -> dict[str, float] | None:
-    """Dollars for the job's tokens: all of them (`total`) and those paid in this run (`this_run`)."""
-    if price_in is None and price_out is None:
-        return None
-    pin, pout = (price_in or 0.0) / 1e6, (price_out or 0.0) / 1e6
-    steps = [u for usage in usages for u in usage.values()]
-    paid = sum(u["tokens_in"] for u in steps) * pin + sum(u["tokens_out"] for u in steps) * pout
-    cached = sum(u["cached_tokens_in"] for u in steps) * pin + sum(u["cached_tokens_out"] for u in steps) * pout
-    return {"total": round(paid + cached, 6), "this_run": round(paid, 6)}
-
-
 async def run_generate(
     cfg: GenerateConfig, console: Console | None = None, backend: Backend | None = None,
     judge_backend: Backend | None = None,
@@ -188,10 +200,9 @@ async def run_generate(
     """Run one generation job; `backend`/`judge_backend` override the options (tests, library use)."""
     console = console or Console(stderr=True)
     started = time.monotonic()
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r} (available: {', '.join(METHODS)})")
-    if cfg.aspect_mode not in ASPECT_MODES:
-        raise ValueError(f"unknown aspect mode {cfg.aspect_mode!r} (use {', '.join(ASPECT_MODES)})")
+    validate(cfg)  # the declared choices and checks, for callers that did not come through the CLI
+    if cfg.batch.enabled and not cfg.use_cache:
+        raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
     task = load_task(cfg.task)
     rows = load_prompt_rows(cfg)
     if cfg.limit is not None:
@@ -210,37 +221,43 @@ async def run_generate(
     resumed = len(writer.done_ids & {r["id"] for r in rows})
     todo = [r for r in rows if r["id"] not in finished]
 
-    backend = backend or make_backend(cfg.backend, concurrency=cfg.concurrency)
+    batch = cfg.batch.enabled
+    backend, judge_backend = job_backends(cfg, backend, judge_backend)
     cache = RequestCache(cfg.cache or default_cache_path()) if cfg.use_cache else None
     llm = LLM(backend, cache, max_concurrency=cfg.concurrency)
     judge: Judge | None = None
     if needs_judge(cfg):
-        judge_opts = cfg.judge if cfg.judge.backend is not None else replace(cfg.judge, backend=cfg.backend)
-        judge = make_judge(judge_opts, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend)
-    options: dict[str, Any] = {
-        "aspect_mode": cfg.aspect_mode,
-        "aspects_k": cfg.aspects_k,
-        "y1_from": cfg.y1_from,
-        "prefill": cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
-        "judge": judge,
-        "n": cfg.n,
-    }
-    if cfg.method == "west-of-n":
-        options["scorer"] = _make_scorer(cfg, task, judge)
+        judge = make_judge(cfg.judge, task, cfg.seed, cache, cfg.concurrency, backend=judge_backend,
+                           generator=cfg.backend)
+    runner = None
+    if batch:
+        assert cache is not None
+        runner = BatchRunner(cache, cfg.batch, cfg.max_attempts, report=lambda m: console.print(m, highlight=False))
+        runner.attach(llm, cfg.backend)
+        if judge is not None:
+            runner.attach(judge.ctx.llm, cfg.judge.connection(cfg.backend))
     ctx = MethodContext(
         llm=llm,
         task=task,
         params=SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens),
         seed=cfg.seed,
         max_attempts=cfg.max_attempts,
-        options=options,
+        settings=pick(MethodSettings, cfg),
+        prefill=cfg.prefill if cfg.prefill is not None else backend.name == "llamacpp",
+        judge=judge,
+        scorer=_make_scorer(cfg, task, judge) if cfg.method == "west-of-n" else None,
     )
     make_pair = METHODS[cfg.method]
     failed_steps: Counter[str] = Counter()
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
     progress = JobProgress(total=len(todo), usage=llm.usage, console=console, enabled=cfg.show_progress,
-                           status=getattr(backend, "load_status", None))
+                           status=[show for show in (getattr(backend, "load_status", None),
+                                                     runner.status_line if runner else None) if show])
+    if runner is not None:
+        runner.on_update = progress.refresh
+    # Batch mode: many prompts in flight, so that a round holds many requests.
+    width = (cfg.batch.rows or len(todo)) if batch else cfg.concurrency
     try:
         if todo:
             await backend.check()
@@ -280,7 +297,7 @@ async def run_generate(
                 await one(queue.get_nowait())
 
         with progress:
-            workers = [asyncio.create_task(worker()) for _ in range(max(1, cfg.concurrency))]
+            workers = [asyncio.create_task(worker()) for _ in range(max(1, width))]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -293,6 +310,8 @@ async def run_generate(
         writer.close()
         failures.close()
         removed.close()
+        if runner is not None:
+            await runner.aclose()
         await backend.aclose()
         if judge is not None:
             await judge.ctx.llm.backend.aclose()
@@ -318,14 +337,28 @@ async def run_generate(
         filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
         judge_usage=judge_usage,
-        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out),
+        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out, cfg.batch),
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=dict(Counter(r.get("label") for r in writer.rows.values() if r.get("label"))),
+        batch=runner.summary() if runner is not None else None,
     )
     sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
+
+
+def job_backends(
+    cfg: GenerateConfig, backend: Backend | None = None, judge_backend: Backend | None = None
+) -> tuple[Backend, Backend | None]:
+    """The generator's backend (given, else built from the options) and the judge's (given, else
+    None: make_judge builds it). The command batch transport has no endpoint: its backends name
+    the served model only, for the generator and the judge alike."""
+    if cfg.batch.enabled and cfg.batch.transport == "command":
+        backend = backend or command_backend(cfg.backend)
+        if needs_judge(cfg):
+            judge_backend = judge_backend or command_backend(cfg.judge.connection(cfg.backend))
+    return backend or make_backend(cfg.backend, concurrency=cfg.concurrency), judge_backend
 
 
 def _ids_in(path: Path) -> set[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -30,7 +30,9 @@ class JobProgress:
     label: str = "pairs"
     enabled: bool = True
     log_every: float = 15.0
-    status: Callable[[], str] | None = None  # e.g. the backend's in-flight limit and replicas
+    # More to show, each a short text ('' for nothing now): the openai backend's in-flight limit
+    # and replicas, batch mode's round and batch states.
+    status: Sequence[Callable[[], str]] = ()
     done: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     _start: float = field(default_factory=time.monotonic)
@@ -72,16 +74,20 @@ class JobProgress:
         elif self.enabled and time.monotonic() - self._last_log >= self.log_every:
             self._log()
 
+    def refresh(self) -> None:
+        """Show the stats again although no pair finished (batch mode calls it after each poll)."""
+        if self._progress is not None:
+            self._progress.update(self._task_id, stats=self._stats())
+        elif self.enabled and time.monotonic() - self._last_log >= self.log_every:
+            self._log()
+
     def _stats(self) -> str:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = self.done / elapsed * 60
         tin, tout = self.usage.total("tokens_in"), self.usage.total("tokens_out")
-        line = (
-            f"failed {sum(self.failures.values())} | tokens in {tin:,} out {tout:,} | "
-            f"{rate:.1f} {self.label}/min"
-        )
-        extra = self.status() if self.status else ""
-        return f"{line} | {extra}" if extra else line
+        parts = [f"failed {sum(self.failures.values())}", f"tokens in {tin:,} out {tout:,}",
+                 f"{rate:.1f} {self.label}/min"]
+        return " | ".join(parts + [text for show in self.status if (text := show())])
 
     def _log(self) -> None:
         self._last_log = time.monotonic()

@@ -2,7 +2,8 @@
 
 The default policy is SmolLM2-135M-Instruct, converted once from the GGUF file embedded in the
 install to a float32 Hugging Face checkpoint (the same cached conversion as the reward-model
-backbone, `rmboost.rm.backbones`). Any causal-LM folder, `.gguf` file or Hub id works too.
+backbone, `rmboost.models`). Any causal-LM folder, `.gguf` file or Hub id works too
+(`rmboost.align.policy`).
 
 Two things are done before TRL sees the data:
 - plain rows become chat rows when the policy has a chat template (an instruct policy is trained
@@ -13,152 +14,67 @@ Two things are done before TRL sees the data:
   message or the start of the user turn) and the start of the user text (e.g. the question),
   and leaves room for the responses; only a response longer than what remains is cut, by TRL.
 
-Device settings are the reward model's (`rmboost.rm.train.device_settings`): float32 and no
-gradient checkpointing on CPU, bf16 on CUDA where supported. Multi-GPU is the Trainer's:
-`accelerate launch -m rmboost.cli dpo ...`.
+Device policy, schedule, progress, metadata and clean-up are the training harness's, shared
+with the reward model (`rmboost.training`): float32 and no gradient checkpointing on CPU, bf16
+on CUDA where supported. Multi-GPU is the Trainer's: `accelerate launch -m rmboost.cli dpo ...`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmboost.align.relabel import GoalSpec, SourcePair, split_pair
+from rmboost.align.goals import GoalSpec
+from rmboost.align.policy import fit_prompt, load_policy, policy_prompt, prompt_tokens
 from rmboost.data.inputs import InputError
-from rmboost.rm.data import _numbered_rows
+from rmboost.data.messages import chat_response, read_source_pairs, response_text
+from rmboost.models import has_chat_template, quiet_transformers, token_ids
+from rmboost.options import option
+from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
 
-META_FILE = "rmboost_dpo.json"
+META_FILE = "rmboost_dpo.json"  # the goal format (read by `rmboost sample`), format, config, summary
 LOSSES_WITH_SMOOTHING = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
 @dataclass
 class DPOTrainConfig:
-    """Everything `train_dpo` needs; the CLI fills it from flags (defaults: see docs/alignment.md)."""
+    """Everything `train_dpo` needs: `rmboost dpo`'s flags (defaults: see docs/alignment.md)."""
 
-    train: Path
-    output: Path
-    policy: str = "smollm2"  # smollm2 (embedded), a causal-LM folder, a .gguf file or a Hub id
-    eval: Path | None = None  # DPO loss/reward accuracy on these pairs after training
-    beta: float = 0.1
-    learning_rate: float = 5e-6
-    loss: str = "sigmoid"  # any TRL loss_type
-    label_smoothing: float = 0.0  # only for losses that use it (robust, exo_pair, aot)
-    epochs: float = 1.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    lr_scheduler: str = "cosine"
-    max_length: int = 512  # prompt + response tokens
-    max_prompt_length: int = 256
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    seed: int = 0
-    max_steps: int | None = None
-    device: str = "auto"
-    bf16: bool | None = None
-    gradient_checkpointing: bool | None = None
-    logging_steps: int = 10
-    show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to DPOConfig as is
+    train: Path = option(flags=("--train", "-t"), help="Pairs: plain, or relabelled by `rmboost relabel`.")
+    output: Path = option(flags=("--output", "-o"), help="Folder for the trained policy (or LoRA adapter) and rmboost_dpo.json.")
+    policy: str = option("smollm2", help="smollm2 (embedded SmolLM2-135M-Instruct, converted once), a causal-LM folder, a .gguf file or a Hub id.")
+    eval: Path | None = option(None, flags=("--eval",), help="Pairs to report DPO loss and reward accuracy on after training.")
+    beta: float = option(0.1, help="DPO beta: how far the policy may move from the reference.")
+    learning_rate: float = option(5e-6, flags=("--learning-rate", "--lr"))
+    loss: str = option("sigmoid", help="TRL loss type: sigmoid (DPO), robust, ipo, hinge, exo_pair, ...")
+    label_smoothing: float = option(0.0, help="Label noise for --loss robust / exo_pair (TRL's sigmoid loss has none).")
+    epochs: float = option(1.0)
+    batch_size: int = option(8, help="Pairs per step over all processes (the global batch; each of N processes takes 1/N).")
+    grad_accum: int = option(1, help="Gradient accumulation steps.")
+    warmup_ratio: float = option(0.1)
+    lr_scheduler: str = option("cosine", flags=("--scheduler",), help="Learning-rate schedule (transformers name).")
+    max_length: int = option(512, help="Tokens of prompt + response; a longer response is cut at its end.")
+    max_prompt_length: int = option(256, help="Prompt tokens; a longer prompt is cut from the end of its last user turn (the goal and the start stay).")
+    lora: bool = option(False, help="Train a LoRA adapter instead of all weights (needs peft: rmboost[lora]).")
+    lora_r: int = option(16)
+    lora_alpha: int = option(32)
+    lora_dropout: float = option(0.05)
+    lora_targets: str = option("all-linear", help="all-linear or comma-separated module names.")
+    seed: int = option(0)
+    max_steps: int | None = option(None, help="Stop after N optimizer steps.")
+    device: str = option("auto", help="auto, cpu or cuda.")
+    bf16: bool | None = option(None, flags=("--bf16/--no-bf16",), help="Default: on for CUDA with bf16, off on CPU.")
+    gradient_checkpointing: bool | None = option(
+        None, flags=("--gradient-checkpointing/--no-gradient-checkpointing",), help="Default: off.")
+    logging_steps: int = option(10, help="Print loss / reward accuracy every N steps.")
+    show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show a progress bar.")
+    extra: dict[str, Any] = option(default_factory=dict, cli=False)  # passed to DPOConfig as is
 
 
 # ---------------------------------------------------------------------------------------------
-# Policy and data
-
-
-def load_policy(source: str, log: Any = None) -> tuple[Any, Any, str]:
-    """(model, tokenizer, resolved path) for a causal LM, float32, never marked quantized."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rmboost.rm.backbones import quiet_transformers, resolve_backbone, unmark_quantized
-
-    if source == "minilm":
-        raise ValueError("--policy minilm is an encoder, not a causal LM: use smollm2 or a causal-LM checkpoint")
-    folder = Path(source).expanduser()
-    # A LoRA policy saved by `rmboost dpo --lora` is an adapter folder (no config.json of its own).
-    path = str(folder) if (folder / "adapter_config.json").is_file() else resolve_backbone(source, log=log)
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if (Path(path) / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32).merge_and_unload()
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    unmark_quantized(model)
-    return model, tokenizer, path
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
-def prompt_tokens(tokenizer: Any, prompt: str | list[dict[str, Any]]) -> int:
-    """Tokens the prompt takes as the policy sees it (chat: rendered, with the assistant header)."""
-    if isinstance(prompt, str):
-        return len(_ids(tokenizer, prompt))
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return len(_ids(tokenizer, text))
-
-
-def fit_prompt(
-    tokenizer: Any, prompt: str | list[dict[str, Any]], limit: int, where: str = "prompt", protect: str = ""
-) -> tuple[str | list[dict[str, Any]], bool]:
-    """The prompt cut to `limit` tokens from the end of its last user turn; (prompt, was it cut).
-
-    `protect` is a prefix of that turn that must survive whole (the goal of the `user` variant):
-    if it does not fit, that is an error, never a silently cut goal.
-    """
-    total = prompt_tokens(tokenizer, prompt)
-    if total <= limit:
-        return prompt, False
-    if isinstance(prompt, str):
-        msgs: list[dict[str, Any]] = [{"content": prompt}]
-        last = 0
-    else:
-        msgs = [dict(m) for m in prompt]
-        last = max((i for i, m in enumerate(msgs) if m.get("role") == "user"), default=len(msgs) - 1)
-    content = msgs[last]["content"]
-    if protect and not content.startswith(protect):
-        protect = ""
-    rest_ids = _ids(tokenizer, content[len(protect) :])
-    keep = len(rest_ids) - (total - limit)
-
-    def render(n: int) -> str | list[dict[str, Any]]:
-        msgs[last]["content"] = protect + tokenizer.decode(rest_ids[:n])
-        return msgs[0]["content"] if isinstance(prompt, str) else [dict(m) for m in msgs]
-
-    for _ in range(8):  # token merges at the cut can shift the count by a few; converge on it
-        if keep < 1:
-            what = "the goal and the rest of the prompt" if protect else "the prompt without its last user turn"
-            raise InputError(
-                f"{where}: {what} already take(s) more than --max-prompt-length {limit} tokens; raise it"
-            )
-        fitted = render(keep)
-        now = prompt_tokens(tokenizer, fitted)
-        if now <= limit:
-            return fitted, True
-        keep -= now - limit
-    raise InputError(f"{where}: could not fit the prompt into --max-prompt-length {limit}")
-
-
-def goal_prefix(row: dict[str, Any]) -> str:
-    """The goal text a `user`-variant relabelled row starts its user turn with ("" otherwise)."""
-    spec = GoalSpec.from_row(row)
-    if spec is None or spec.variant != "user" or "goal_score" not in row:
-        return ""
-    return spec.text(float(row["goal_score"])) + "\n\n"
+# Data
 
 
 @dataclass
@@ -174,20 +90,18 @@ class PreparedData:
 
 def prepare_rows(path: Path, tokenizer: Any, max_prompt_length: int, max_length: int) -> PreparedData:
     """Pair rows -> TRL rows ({prompt, chosen, rejected}), chat-formatted for a chat policy, prompts fitted."""
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    data = PreparedData(rows=[], chat=chat)
+    data = PreparedData(rows=[], chat=has_chat_template(tokenizer))
     specs: dict[str, dict[str, Any]] = {}
-    for index, (where, row) in enumerate(_numbered_rows(Path(path))):
-        pair: SourcePair = split_pair(row, where, index)
-        prompt, chosen, rejected = pair.prompt, pair.chosen, pair.rejected
-        if isinstance(prompt, str) and chat:
-            prompt = [{"role": "user", "content": prompt}]
-            chosen = [{"role": "assistant", "content": chosen}]
-            rejected = [{"role": "assistant", "content": rejected}]
-        elif not isinstance(prompt, str) and not chat:
-            raise InputError(f"{where}: a chat-format row, but the policy's tokenizer has no chat template")
+    for pair in read_source_pairs(path):
+        where, row = pair.where, pair.row
+        prompt = policy_prompt(tokenizer, pair.prompt, where)
+        chosen, rejected = pair.chosen, pair.rejected
+        if data.chat:
+            chosen, rejected = chat_response(chosen), chat_response(rejected)
         try:
-            protect = goal_prefix(row)
+            spec = GoalSpec.from_row(row)
+            # A `user`-variant goal starts the user turn: cutting the prompt must keep it whole.
+            protect = spec.user_prefix(float(row["goal_score"])) if spec is not None and "goal_score" in row else ""
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed goal columns ({exc})") from None
         prompt, cut = fit_prompt(tokenizer, prompt, max_prompt_length, where, protect)
@@ -195,23 +109,16 @@ def prepare_rows(path: Path, tokenizer: Any, max_prompt_length: int, max_length:
         budget = max_length - prompt_tokens(tokenizer, prompt) - 2  # - end-of-turn tokens
         kept = []
         for response in (chosen, rejected):
-            text = response if isinstance(response, str) else "".join(m["content"] for m in response)
-            ids = _ids(tokenizer, text)
+            ids = token_ids(tokenizer, response_text(response, where))
             data.responses_cut += len(ids) > budget
             kept.append(ids[:budget])
         # Sampled responses often share a long opening: cut to the same tokens, a pair teaches nothing.
         data.no_signal += kept[0] == kept[1]
         data.rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
-        try:
-            spec = GoalSpec.from_row(row)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: malformed goal columns ({exc})") from None
         if spec is None:
             data.plain_rows += 1
         else:
             specs.setdefault(json.dumps(spec.as_dict(), sort_keys=True), spec.as_dict())
-    if not data.rows:
-        raise InputError(f"{path}: no pairs in the file")
     data.goals = list(specs.values())
     return data
 
@@ -221,13 +128,7 @@ def prepare_rows(path: Path, tokenizer: Any, max_prompt_length: int, max_length:
 
 
 def _check(cfg: DPOTrainConfig) -> None:
-    for name, value in (("--epochs", cfg.epochs), ("--learning-rate", cfg.learning_rate), ("--beta", cfg.beta)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be positive, got {value}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ValueError("--batch-size and --grad-accum must be at least 1")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ValueError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    check_schedule(cfg, positive=[("--beta", cfg.beta)])
     if cfg.max_prompt_length < 8 or cfg.max_prompt_length > cfg.max_length - 16:
         raise ValueError(
             f"--max-prompt-length {cfg.max_prompt_length} must be at least 8 and leave 16 or more of "
@@ -242,27 +143,16 @@ def _check(cfg: DPOTrainConfig) -> None:
             f"--label-smoothing has no effect with --loss {cfg.loss} in TRL; use it with --loss "
             f"{' or '.join(LOSSES_WITH_SMOOTHING[:2])} (robust DPO / EXO)"
         )
-    if cfg.output.exists() and not cfg.output.is_dir():
-        raise ValueError(f"--output {cfg.output} exists and is not a folder")
 
 
-def _log_callback(console: Any) -> Any:
-    from transformers import TrainerCallback
-
-    class DPOLog(TrainerCallback):
-        """One line per logging event on the main process: loss, reward accuracy and margin."""
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if console is None or not (state.is_world_process_zero and logs) or "loss" not in logs:
-                return
-            console.print(
-                f"step {state.global_step}/{state.max_steps} · epoch {state.epoch or 0:.2f} · "
-                f"loss {logs['loss']:.4f} · reward acc {logs.get('rewards/accuracies', float('nan')):.3f} · "
-                f"margin {logs.get('rewards/margins', float('nan')):.4f} · lr {logs.get('learning_rate', 0):.2e}",
-                highlight=False,
-            )
-
-    return DPOLog()
+def _log_line(logs: dict[str, Any], where: str) -> str | None:
+    """Loss, reward accuracy and margin of a logging step."""
+    if "loss" not in logs:
+        return None
+    return (
+        f"{where} · loss {logs['loss']:.4f} · reward acc {logs.get('rewards/accuracies', float('nan')):.3f} · "
+        f"margin {logs.get('rewards/margins', float('nan')):.4f} · lr {logs.get('learning_rate', 0):.2e}"
+    )
 
 
 def _peft_config(cfg: DPOTrainConfig) -> Any:
@@ -279,59 +169,48 @@ def _peft_config(cfg: DPOTrainConfig) -> Any:
     )
 
 
-def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
-    """Train a policy with DPO and save it (weights or LoRA adapter, tokenizer, rmboost_dpo.json)."""
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    _check(cfg)
-    started = time.perf_counter()
-
-    import datasets
-    from accelerate import PartialState
-    from transformers import PrinterCallback, ProgressCallback
-    from trl import DPOConfig, DPOTrainer
-
-    from rmboost.rm.backbones import quiet_transformers
-    from rmboost.rm.train import device_settings, schedule_arguments
-
-    settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
-    state = PartialState(cpu=settings["use_cpu"])
-    main = state.is_main_process
-
-    def say(message: str) -> None:
-        if main and console is not None:
-            console.print(message, highlight=False)
-
-    peft_config = _peft_config(cfg)
-    with state.main_process_first():  # one process converts/caches the GGUF policy, the others wait
-        model, tokenizer, policy_path = load_policy(cfg.policy, log=say)
-    train = prepare_rows(cfg.train, tokenizer, cfg.max_prompt_length, cfg.max_length)
-    evald = prepare_rows(cfg.eval, tokenizer, cfg.max_prompt_length, cfg.max_length) if cfg.eval else None
-    goal = train.goals[0] if len(train.goals) == 1 and not train.plain_rows else None
-    say(
+def _describe(cfg: DPOTrainConfig, model: Any, train: PreparedData, goal: dict[str, Any] | None) -> str:
+    if goal:
+        kind = f" relabelled (goal {goal['variant']}, scale {goal['low']:g}-{goal['high']:g})"
+    elif not train.goals:
+        kind = " plain"
+    else:
+        kind = f" ({len(train.goals)} goal formats, {train.plain_rows} plain rows)"
+    return (
         f"policy: {cfg.policy} ({type(model).__name__}, {'chat' if train.chat else 'plain'} format); "
-        f"training rows: {len(train.rows)}"
-        + (f" relabelled (goal {train.goals[0]['variant']}, scale {train.goals[0]['low']:g}-{train.goals[0]['high']:g})" if goal else
-           " plain" if not train.goals else f" ({len(train.goals)} goal formats, {train.plain_rows} plain rows)")
-        + f"; prompts cut to {cfg.max_prompt_length} tokens: {train.prompts_cut}; responses cut at "
-        f"{cfg.max_length}: about {train.responses_cut} of {2 * len(train.rows)}"
+        f"training rows: {len(train.rows)}{kind}; prompts cut to {cfg.max_prompt_length} tokens: "
+        f"{train.prompts_cut}; responses cut at {cfg.max_length}: about {train.responses_cut} of {2 * len(train.rows)}"
         + (f"; rows whose responses are the same once cut (no signal): {train.no_signal}" if train.no_signal else "")
     )
 
-    checkpoints = cfg.output / "checkpoints"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-        args = DPOConfig(
-            **schedule_arguments(cfg, checkpoints),
-            save_strategy="no",
-            eval_strategy="no",
-            disable_tqdm=not cfg.show_progress,
-            beta=cfg.beta,
-            loss_type=[cfg.loss],
-            label_smoothing=cfg.label_smoothing,
-            max_length=cfg.max_length,
-            **settings,
-            **cfg.extra,
-        )
+
+def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
+    """Train a policy with DPO and save it (weights or LoRA adapter, tokenizer, rmboost_dpo.json)."""
+    _check(cfg)
+    run = TrainingRun(cfg, console)
+
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    peft_config = _peft_config(cfg)
+    with run.main_process_first():
+        model, tokenizer, policy_path = load_policy(cfg.policy, log=run.say)
+    train = prepare_rows(cfg.train, tokenizer, cfg.max_prompt_length, cfg.max_length)
+    evald = prepare_rows(cfg.eval, tokenizer, cfg.max_prompt_length, cfg.max_length) if cfg.eval else None
+    goal = train.goals[0] if len(train.goals) == 1 and not train.plain_rows else None
+    run.say(_describe(cfg, model, train, goal))
+
+    args = run.arguments(
+        DPOConfig,
+        cfg,
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=not cfg.show_progress,
+        beta=cfg.beta,
+        loss_type=[cfg.loss],
+        label_smoothing=cfg.label_smoothing,
+        max_length=cfg.max_length,
+    )
     trainer = DPOTrainer(
         model=model,
         args=args,
@@ -340,35 +219,24 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    trainer.remove_callback(PrinterCallback)
-    if not cfg.show_progress:
-        trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(_log_callback(console if main else None))
-    with quiet_transformers():
-        result = trainer.train()
-    logs = [h for h in trainer.state.log_history if "loss" in h]
+    result = run.fit(trainer, _log_line, cfg.show_progress)
     summary: dict[str, Any] = {
         "output": str(cfg.output),
         "policy": cfg.policy,
         "policy_path": policy_path,
         "lora": cfg.lora,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "device": str(args.device),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "gradient_checkpointing": args.gradient_checkpointing,
+        **hardware(args),
         "rows": len(train.rows),
         "relabelled": goal is not None,
         "goal": goal,
         "prompts_cut": train.prompts_cut,
         "responses_cut_about": train.responses_cut,
         "no_signal_rows_about": train.no_signal,
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 3),
-        "train_loss": result.training_loss,
+        **loop_totals(trainer, result),
         "loss_history": [{"step": h["step"], "loss": h["loss"], "reward_accuracy": h.get("rewards/accuracies"),
-                          "reward_margin": h.get("rewards/margins")} for h in logs],
-        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
-        "train_rows_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
+                          "reward_margin": h.get("rewards/margins")} for h in logged(trainer, "loss")],
+        **throughput(result, "rows"),
     }
     if evald is not None:
         with quiet_transformers():
@@ -376,32 +244,12 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
         summary["eval"] = {k.removeprefix("eval_"): v for k, v in metrics.items()
                            if k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
         summary["eval"]["rows"] = len(evald.rows)
-    if main:
-        cfg.output.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
-        trainer.save_model(str(cfg.output))
-    if main:
+    run.save(trainer, cfg.output)
+    if run.main:
         tokenizer.save_pretrained(str(cfg.output))
-        summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-        meta = {
-            "goal": goal,  # what `rmboost sample` conditions on by default (None: a plain policy)
-            "format": {"chat": train.chat, "max_prompt_length": cfg.max_prompt_length, "max_length": cfg.max_length},
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-            "summary": summary,
-        }
-        (cfg.output / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        if checkpoints.exists():
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        (cfg.output / "training_args.bin").unlink(missing_ok=True)
+    head = {
+        "goal": goal,  # what `rmboost sample` conditions on by default (None: a plain policy)
+        "format": {"chat": train.chat, "max_prompt_length": cfg.max_prompt_length, "max_length": cfg.max_length},
+    }
+    run.finish(cfg, META_FILE, head, summary)
     return summary
-
-
-def read_dpo_meta(model_dir: str | Path) -> dict[str, Any]:
-    """rmboost_dpo.json beside a policy trained by `rmboost dpo` ({} for any other model)."""
-    path = Path(model_dir) / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc

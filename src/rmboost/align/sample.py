@@ -14,29 +14,35 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from rmboost.align.relabel import GoalSpec, format_score, parse_scale, split_pair
-from rmboost.data.inputs import InputError
-from rmboost.data.pairs import atomic_write_jsonl, sidecar
-from rmboost.rm.data import _messages, _numbered_rows
+from rmboost.align.dpo import META_FILE
+from rmboost.align.goals import GoalFlags, GoalSpec, format_score, parse_scale
+from rmboost.align.policy import fit_prompt, load_policy, policy_prompt
+from rmboost.data.inputs import InputError, read_located_rows
+from rmboost.data.messages import check_messages, split_pair
+from rmboost.data.pairs import atomic_write_jsonl, write_summary
+from rmboost.options import option, reuse
+from rmboost.training import read_meta
 
 
 @dataclass
 class SampleConfig:
-    model: str  # a folder written by `rmboost dpo`, smollm2, a causal-LM folder, .gguf or Hub id
-    input: Path
-    output: Path
-    goal: str | None = None  # top, a number, none; None: top for a relabelled policy, else none
-    variant: str | None = None  # override the saved goal format
-    template: str | None = None
-    scale: str | None = None
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    batch_size: int = 8
-    seed: int = 0
-    max_prompt_length: int | None = None  # None: what the policy was trained with, else 512
-    limit: int | None = None
-    device: str | None = None
+    """What `rmboost sample` does: its flags, in this order."""
+
+    model: str = option(flags=("--model", "-m"), help="A folder written by `rmboost dpo`, smollm2 (the base policy), a causal-LM folder or a .gguf file.")
+    input: Path = option(flags=("--input", "-i"), help="Prompt rows (prompt) or pair rows (their prompt); one response per distinct prompt.")
+    output: Path = option(flags=("--output", "-o"), help="Rows with response, goal_score and the exact policy input (.jsonl).")
+    goal: str | None = option(None, help="top (the scale's top), a score, or none. Default: top for a policy trained on relabelled pairs, none otherwise.")
+    variant: str | None = option(None, help="Override the saved goal variant (system or user).")
+    template: str | None = reuse(GoalFlags, "goal_template")  # None: the saved one
+    scale: str | None = option(None, help="Override the saved goal scale LOW-HIGH.")
+    max_new_tokens: int = option(256)
+    temperature: float = option(0.0, help="0: greedy.")
+    top_p: float = option(1.0)
+    batch_size: int = option(8)
+    seed: int = option(0)
+    max_prompt_length: int | None = option(None, help="Default: the policy's training value, else 512.")
+    limit: int | None = option(None, help="Only the first N distinct prompts.")
+    device: str | None = option(None, help="cpu or cuda (default: cuda if available).")
 
 
 def resolve_goal(cfg: SampleConfig, meta: dict[str, Any]) -> tuple[GoalSpec | None, float | None]:
@@ -72,13 +78,13 @@ def read_prompts(path: Path, limit: int | None = None) -> list[tuple[str, dict[s
     """(where, row, prompt) for each DISTINCT prompt: prompt rows, or pair rows (their prompt)."""
     seen: set[str] = set()
     out = []
-    for index, (where, row) in enumerate(_numbered_rows(Path(path))):
+    for index, (where, row) in enumerate(read_located_rows(path)):
         if "chosen" in row and "rejected" in row:
             prompt = split_pair(row, where, index).prompt
         elif "prompt" in row and row["prompt"] is not None:
             prompt = row["prompt"]
             if not isinstance(prompt, str):
-                _messages(prompt, where, "prompt")
+                check_messages(prompt, where, "prompt")
         else:
             raise InputError(f"{where}: missing field 'prompt'")
         key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
@@ -100,16 +106,10 @@ def generate(
     """(responses, the exact text fed to the model per prompt, tokens generated), in input order."""
     import torch
 
-    chat = bool(getattr(tokenizer, "chat_template", None))
     texts = []
     for p in prompts:
-        if chat:
-            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else p
-            texts.append(tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-        elif isinstance(p, str):
-            texts.append(p)
-        else:
-            raise InputError("a chat-format prompt, but the policy's tokenizer has no chat template")
+        p = policy_prompt(tokenizer, p)
+        texts.append(p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -142,30 +142,26 @@ def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
     """Read the prompts, condition them on the goal, generate, and write one row per prompt."""
     import torch
 
-    from rmboost.align.dpo import fit_prompt, load_policy, read_dpo_meta
-
     started = time.perf_counter()
     say = log or (lambda _m: None)
     if cfg.output.suffix != ".jsonl":
         raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise ValueError("--max-new-tokens and --batch-size must be at least 1")
-    meta = read_dpo_meta(cfg.model) if Path(cfg.model).is_dir() else {}
+    meta = read_meta(cfg.model, META_FILE) if Path(cfg.model).is_dir() else {}
     spec, score = resolve_goal(cfg, meta)
     limit = cfg.max_prompt_length or meta.get("format", {}).get("max_prompt_length") or 512
     items = read_prompts(cfg.input, cfg.limit)
     model, tokenizer, path = load_policy(cfg.model, log=say)
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    chat = bool(getattr(tokenizer, "chat_template", None))
     fed, cut = [], 0
     for where, _row, prompt in items:
-        if chat and isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
+        prompt = policy_prompt(tokenizer, prompt, where)
         protect = ""
         if spec is not None and score is not None:
             prompt = spec.condition(prompt, score)
-            protect = spec.text(score) + "\n\n" if spec.variant == "user" else ""
+            protect = spec.user_prefix(score)
         prompt, was_cut = fit_prompt(tokenizer, prompt, limit, where, protect)
         fed.append(prompt)
         cut += was_cut
@@ -176,10 +172,10 @@ def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
         batch_size=cfg.batch_size, seed=cfg.seed,
     )
     rows = []
-    for (_where, row, prompt), policy_prompt, text, response in zip(items, fed, texts, responses, strict=True):
+    for (_where, row, prompt), conditioned, text, response in zip(items, fed, texts, responses, strict=True):
         out = {k: v for k, v in row.items() if k not in ("chosen", "rejected", "prompt")}
         out.update(
-            prompt=prompt, response=response, policy_prompt=policy_prompt, policy_input=text,
+            prompt=prompt, response=response, policy_prompt=conditioned, policy_input=text,
             goal_score=score, policy=str(cfg.model),
         )
         rows.append(out)
@@ -200,5 +196,5 @@ def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
         "seed": cfg.seed,
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
-    sidecar(cfg.output, "summary").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    write_summary(cfg.output, summary)
     return summary

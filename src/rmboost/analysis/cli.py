@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
-
+from rmboost import options
 from rmboost.cli_support import fail as _fail
 from rmboost.cli_support import out
+from rmboost.options import at_least, option
 
 MAX_PAIRS = 300  # the report module's default, repeated so --help stays light
 
 
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="An experiment's RUN_DIR (with results.json).")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file (default RUN_DIR/report.html).")] = None,
-    max_pairs: Annotated[int, typer.Option(help="Pairs per variant embedded in the pair browser.")] = MAX_PAIRS,
-    reanalyze: Annotated[bool, typer.Option(help="Recompute analysis.json even when it exists.")] = False,
-) -> None:
+@dataclass
+class ReportOptions:
+    run_dir: Path = option(argument=True, help="An experiment's RUN_DIR (with results.json).")
+    output: Path | None = option(None, flags=("--output", "-o"), help="HTML file (default RUN_DIR/report.html).")
+    max_pairs: int = option(MAX_PAIRS, check=at_least(0), help="Pairs per variant embedded in the pair browser.")
+    reanalyze: bool = option(False, help="Recompute analysis.json even when it exists.")
+
+
+@options.command(ReportOptions)
+def report(opts: ReportOptions) -> None:
     """Write one self-contained HTML report for a run: results table, analyses and a pair browser."""
     from rmboost.analysis.report import write_report
     from rmboost.analysis.run import analyze_run, load_run
 
-    if max_pairs < 0:
-        raise _fail("--max-pairs must be >= 0")
+    run_dir, output, max_pairs, reanalyze = opts.run_dir, opts.output, opts.max_pairs, opts.reanalyze
     command = _command(run_dir, output, max_pairs, reanalyze)
     try:
         load_run(run_dir)  # a wrong path fails before any work

@@ -1,28 +1,14 @@
 """Tokens, cost, failures and filter rate of one generation job, from its pairs.summary.json.
 
-A step's usage keeps paid tokens (`tokens_in`) and cache hits (`cached_tokens_in`) apart; the
-tokens it took to make the data are both, so a resumed or re-run job reports the same totals.
+The tokens it took to make the data count paid and cached answers alike (rmboost.llm.accounting),
+so a resumed or re-run job reports the same totals.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def _sum(usage: dict[str, Any], key: str) -> int:
-    return sum(int(step.get(key) or 0) for step in usage.values())
-
-
-def usage_totals(usage: dict[str, Any]) -> dict[str, int]:
-    """in/out tokens (paid + cached), paid only, calls and cache hits over all steps."""
-    return {
-        "tokens_in": _sum(usage, "tokens_in") + _sum(usage, "cached_tokens_in"),
-        "tokens_out": _sum(usage, "tokens_out") + _sum(usage, "cached_tokens_out"),
-        "paid_tokens_in": _sum(usage, "tokens_in"),
-        "paid_tokens_out": _sum(usage, "tokens_out"),
-        "calls": _sum(usage, "calls"),
-        "cache_hits": _sum(usage, "cache_hits"),
-    }
+from rmboost.llm.accounting import step_totals, usage_totals
 
 
 def generation_costs(
@@ -51,8 +37,8 @@ def generation_costs(
         "generator": gen,
         "judge": judge,
         "steps": {
-            **{k: _step_total(v) for k, v in (summary.get("usage") or {}).items()},
-            **{f"judge:{k}": _step_total(v) for k, v in (summary.get("judge_usage") or {}).items()},
+            **{k: step_totals(v) for k, v in (summary.get("usage") or {}).items()},
+            **{f"judge:{k}": step_totals(v) for k, v in (summary.get("judge_usage") or {}).items()},
         },
         "tokens_total": total,
         "tokens_per_pair": total / pairs if pairs else None,
@@ -60,14 +46,6 @@ def generation_costs(
         "cost_per_pair_usd": (cost.get("total") / pairs) if isinstance(cost, dict) and pairs else None,
         "wall_seconds": summary.get("wall_seconds"),
         "labels": summary.get("labels") or {},
-    }
-
-
-def _step_total(step: dict[str, Any]) -> dict[str, int]:
-    return {
-        "tokens_in": int(step.get("tokens_in") or 0) + int(step.get("cached_tokens_in") or 0),
-        "tokens_out": int(step.get("tokens_out") or 0) + int(step.get("cached_tokens_out") or 0),
-        "calls": int(step.get("calls") or 0) + int(step.get("cache_hits") or 0),
     }
 
 

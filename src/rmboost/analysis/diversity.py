@@ -77,7 +77,7 @@ class MiniLMEncoder:
     def __init__(self, path: str | Path | None = None, batch_size: int = 64, max_length: int = 256):
         from transformers import AutoModel, AutoTokenizer
 
-        from rmboost.rm.backbones import minilm_path, quiet_transformers
+        from rmboost.models import minilm_path, quiet_transformers
 
         path = str(path or minilm_path())
         with quiet_transformers():  # no weight-loading progress bar in the middle of a run's log

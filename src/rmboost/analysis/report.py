@@ -21,7 +21,10 @@ import jinja2
 from markupsafe import Markup
 
 from rmboost import __version__
-from rmboost.analysis.run import REAL, Run, load_analysis, load_run, text_of
+from rmboost.analysis.run import Run, load_analysis, load_run, text_of
+from rmboost.comparisons import comparison_matrices, lookup
+from rmboost.power import describe_power
+from rmboost.runfolder import REAL
 
 MAX_PAIRS = 300
 DASH = "\u2013"  # what a cell without a number shows
@@ -97,15 +100,13 @@ def results_table(results: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for name in names:
         cells = [_cell(results, name, s) for s in columns]
-        for c in cells:
+        for setting, c in zip(columns, cells, strict=True):
             c["delta"] = c["mean"] - real["mean"] if c["mean"] is not None and real["mean"] is not None else None
+            # Paired difference to real-only and the "best" mark: detected only when the interval excludes 0.
+            c["vs_real"] = lookup(results.get("comparisons") or [], setting, name, REAL)
+            c["best"] = (results.get("best") or {}).get(setting) == name
         m = meta.get(name, {})
         rows.append({"name": name, "method": m.get("method"), "ablation": m.get("ablation"), "cells": cells})
-    for j in range(len(columns)):
-        means = [r["cells"][j]["mean"] for r in rows if r["cells"][j]["mean"] is not None]
-        for r in rows:
-            if means and r["cells"][j]["mean"] is not None and r["cells"][j]["mean"] >= max(means) - 1e-12:
-                r["cells"][j]["best"] = True
     baselines = results.get("baselines") or {}
     return {"columns": columns, "rows": rows, "real": real, "has_real": bool(real["seeds"] or real["mean"] is not None),
             "longer": baselines.get("longer_wins"), "coin": baselines.get("coin")}
@@ -223,6 +224,7 @@ def render_report(run: Run, analysis: dict[str, Any], max_pairs: int = MAX_PAIRS
     template = _env.get_template("report.html.j2")
     return template.render(
         r=results, a=analysis, table=results_table(results), figures=figures,
+        matrices=comparison_matrices(results), power_text=describe_power(results["power"]) if results.get("power") else None,
         browser=browser, browser_json=script_json(browser),
         colors=variant_colors, colors_json=script_json(variant_colors),
         css=_asset("report.css"), js=_asset("report.js"),
@@ -238,7 +240,7 @@ def write_report(run_dir: Path, output: Path | None = None, *, max_pairs: int = 
     run = load_run(Path(run_dir))
     analysis = load_analysis(run.dir, encoder)
     html = render_report(run, analysis, max_pairs=max_pairs, command=command)
-    out = Path(output) if output else run.dir / "report.html"
+    out = Path(output) if output else run.folder.report
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")

@@ -20,38 +20,18 @@ from rmboost.analysis import beta as beta_mod
 from rmboost.analysis.costs import from_results, generation_costs
 from rmboost.analysis.diversity import Encoder, diversity_analysis
 from rmboost.analysis.lengths import length_analysis
-from rmboost.data.pairs import read_jsonl_tolerant
+from rmboost.data.messages import response_text
+from rmboost.data.pairs import sidecar
+from rmboost.runfolder import REAL, RunFolder, Variant, read_jsonl
 
-REAL = "real"
 ANALYSIS_VERSION = 1
 # rlaif and west-of-n sample both responses from Pr(y|x) itself, so β = 1 by construction.
 UNCONDITIONAL_METHODS = {"rlaif", "west-of-n"}
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a job still writing) is ignored."""
-    if not path.is_file():
-        return []
-    return read_jsonl_tolerant(path)[0]
-
-
 def text_of(value: Any) -> str:
-    """A response as text: strings as is, chat messages as their assistant content."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        msgs = [m for m in value if isinstance(m, dict)]
-        chosen = [m for m in msgs if m.get("role") == "assistant"] or msgs
-        return "\n\n".join(str(m.get("content", "")) for m in chosen)
-    return "" if value is None else str(value)
-
-
-@dataclass
-class Variant:
-    name: str
-    method: str | None = None
-    ablation: str | None = None
-    pairs_file: str | None = None
+    """A response (or prompt) as display text, by `rmboost.data.messages.response_text`; a missing one is ""."""
+    return "" if value is None else response_text(value)
 
 
 @dataclass
@@ -62,17 +42,18 @@ class Run:
     results: dict[str, Any]
     variants: list[Variant] = field(default_factory=list)
 
-    def gen_dir(self, variant: str) -> Path:
-        return self.dir / "gen" / variant
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.dir)
 
     def pairs_path(self, v: Variant) -> Path:
-        return self.dir / v.pairs_file if v.pairs_file else self.gen_dir(v.name) / "pairs.jsonl"
+        return self.folder.pairs(v)
 
     def pairs(self, v: Variant) -> list[dict[str, Any]]:
         return read_jsonl(self.pairs_path(v))
 
     def real_pairs(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.dir / "data" / "real_train.jsonl")
+        return read_jsonl(self.folder.real_train)
 
 
 def load_run(run_dir: Path) -> Run:
@@ -80,7 +61,7 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    path = run_dir / "results.json"
+    path = RunFolder(run_dir).results
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no results.json (is this a RUN_DIR written by `rmboost experiment`?)")
     try:
@@ -93,8 +74,9 @@ def load_run(run_dir: Path) -> Run:
         Variant(v["name"], v.get("method"), v.get("ablation"), v.get("pairs_file"))
         for v in results.get("variants") or [] if isinstance(v, dict) and v.get("name")
     ]
-    if not variants and (run_dir / "gen").is_dir():  # an older or partial results.json
-        variants = [Variant(p.name) for p in sorted((run_dir / "gen").iterdir()) if p.is_dir()]
+    gen = RunFolder(run_dir).gen
+    if not variants and gen.is_dir():  # an older or partial results.json
+        variants = [Variant(p.name) for p in sorted(gen.iterdir()) if p.is_dir()]
     return Run(run_dir, results, variants)
 
 
@@ -109,7 +91,7 @@ def _sample(pairs: list[tuple[str, str]], k: int, seed: int = 0) -> list[tuple[s
 
 
 def _beta(run: Run, v: Variant) -> tuple[dict[str, Any], list[float]]:
-    path = run.gen_dir(v.name) / "beta.jsonl"
+    path = run.folder.beta(v.name)
     if not path.is_file():
         if v.method in UNCONDITIONAL_METHODS:
             reason = f"{v.method} samples its responses from Pr(y|x) itself (β = 1 by construction)"
@@ -121,9 +103,8 @@ def _beta(run: Run, v: Variant) -> tuple[dict[str, Any], list[float]]:
 
 
 def _generation(run: Run, v: Variant) -> dict[str, Any]:
-    d = run.gen_dir(v.name)
-    summary_path = d / "pairs.summary.json"
-    filtered_path = d / "pairs.filtered.jsonl"
+    summary_path = sidecar(run.pairs_path(v), "summary")
+    filtered_path = sidecar(run.pairs_path(v), "filtered")
     kept = len(run.pairs(v)) if run.pairs_path(v).is_file() else None
     filtered = len(read_jsonl(filtered_path)) if filtered_path.is_file() else None
     if summary_path.is_file():
@@ -209,20 +190,21 @@ def analyze_run(
     if write:
         from rmboost.analysis.plots import save_figures
 
-        (run.dir / "analysis.json").write_text(json.dumps(analysis, indent=1) + "\n", encoding="utf-8")
-        save_figures(analysis, run.dir / "figures")
+        run.folder.analysis.write_text(json.dumps(analysis, indent=1) + "\n", encoding="utf-8")
+        save_figures(analysis, run.folder.figures)
     return analysis
 
 
 def _inputs_newer_than(run_dir: Path, mtime: float) -> bool:
     """True when a pair, β or summary file changed after the analysis was written."""
-    files = [run_dir / "data" / "real_train.jsonl", *(run_dir / "gen").glob("*/*.json*")]
+    folder = RunFolder(run_dir)
+    files = [folder.real_train, *folder.gen.glob("*/*.json*")]
     return any(f.is_file() and f.stat().st_mtime > mtime for f in files)
 
 
 def load_analysis(run_dir: Path, encoder: Encoder | None = None) -> dict[str, Any]:
     """RUN_DIR/analysis.json when it is there and current, else a fresh analysis (written)."""
-    path = Path(run_dir) / "analysis.json"
+    path = RunFolder(Path(run_dir)).analysis
     if path.is_file() and not _inputs_newer_than(Path(run_dir), path.stat().st_mtime):
         try:
             analysis = json.loads(path.read_text("utf-8"))

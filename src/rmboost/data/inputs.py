@@ -54,6 +54,29 @@ def read_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     raise InputError(f"{path}: unsupported input format {suffix!r} (use .jsonl, .json, .parquet, .csv or a saved dataset folder)")
 
 
+def read_located_rows(path: str | Path, what: str = "pair file") -> list[tuple[str, dict[str, Any]]]:
+    """(location, row) for every row: "FILE, line N" for JSONL, "FILE, row I" for other formats.
+
+    The location is what an error about the row names; `what` names the file when it is missing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
+        return [(f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path)]
+    return [(f"{path}, row {i}", row) for i, row in enumerate(read_rows(path))]
+
+
+def get_field(row: dict[str, Any], name: str) -> Any:
+    """`row[name]`, where a dotted name reaches into nested dicts (`inputs.question`); KeyError if absent."""
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(name)
+        value = value[part]
+    return value
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_jsonl_numbered(path)]
 
@@ -108,6 +131,12 @@ def _read_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
     return ds.to_list()
 
 
+def row_id(row: dict[str, Any], index: int, id_field: str = "id") -> str:
+    """A row's id: its own (as text), or `row-<index>` when it has none."""
+    raw = row.get(id_field)
+    return str(raw) if raw not in (None, "") else f"row-{index}"
+
+
 def parse_field_map(pairs: list[str] | None) -> dict[str, str]:
     """['question=q', 'passages=ctx'] -> {'question': 'q', 'passages': 'ctx'} (task field = column)."""
     mapping: dict[str, str] = {}
@@ -131,8 +160,7 @@ def apply_field_map(
             if column not in row:
                 raise InputError(f"{source}, row {index}: no column {column!r} (mapped to field {task_field!r})")
             new[task_field] = row[column]
-        raw_id = row.get(id_field)
-        new["id"] = str(raw_id) if raw_id not in (None, "") else f"row-{index}"
+        new["id"] = row_id(row, index, id_field)
         if new["id"] in seen:
             raise InputError(f"{source}, row {index}: id {new['id']!r} repeats row {seen[new['id']]}")
         seen[new["id"]] = index

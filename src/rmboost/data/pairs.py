@@ -18,15 +18,6 @@ from typing import Any
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
 
 
-def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
-    """Plain strings -> TRL's conversational form (lists of chat messages)."""
-    out = dict(row)
-    out["prompt"] = [{"role": "user", "content": row["prompt"]}]
-    out["chosen"] = [{"role": "assistant", "content": row["chosen"]}]
-    out["rejected"] = [{"role": "assistant", "content": row["rejected"]}]
-    return out
-
-
 def working_path(output: Path) -> Path:
     """Where rows stream while the job runs: the output itself for JSONL, a sidecar otherwise."""
     return output if output.suffix == ".jsonl" else output.with_name(output.name + ".rows.jsonl")
@@ -37,6 +28,13 @@ def sidecar(output: Path, kind: str) -> Path:
     stem = output.name.split(".")[0]
     suffix = ".json" if kind == "summary" else ".jsonl"
     return output.with_name(f"{stem}.{kind}{suffix}")
+
+
+def write_summary(output: Path, summary: dict[str, Any]) -> Path:
+    """The job's closing summary as `<stem>.summary.json` beside its output; returns that path."""
+    path = sidecar(output, "summary")
+    path.write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    return path
 
 
 def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -137,13 +135,6 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_pairs(path: str | Path) -> list[dict[str, Any]]:
-    """Pairs from a .jsonl or .parquet file written by rmboost (or any file with the same columns)."""
-    from rmboost.data.inputs import read_rows
-
-    return read_rows(path)
 
 
 class FailureLog:

@@ -19,6 +19,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -70,6 +71,25 @@ def assemble_blob(identity_json: str, messages: list[Message], params: SamplingP
 
 def key_of(blob: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def cache_dir() -> Path:
+    """rmboost's cache folder: $RMBOOST_HOME, else $XDG_CACHE_HOME/rmboost, else ~/.cache/rmboost.
+
+    It holds the request cache (`llm-cache.sqlite`, unless $RMBOOST_CACHE names another file) and
+    the converted models (`backbones/`).
+    """
+    if env := os.environ.get("RMBOOST_HOME"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rmboost"
+
+
+def default_cache_path() -> Path:
+    """One content-addressed request cache per user ($RMBOOST_CACHE, else in cache_dir()):
+    sharing it across jobs is safe and saves calls."""
+    if env := os.environ.get("RMBOOST_CACHE"):
+        return Path(env)
+    return cache_dir() / "llm-cache.sqlite"
 
 
 def request_key(

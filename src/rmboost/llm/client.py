@@ -62,7 +62,11 @@ class LLM:
         self.cache = cache
         self.usage = Usage()
         self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
-        self._identity = canonical(backend.identity())  # serialised once: part of every key
+        self._identity = backend.identity()
+        self._identity_json = canonical(self._identity)  # serialised once: part of every key
+        # Batch mode (rmboost.llm.batch): uncached requests wait for a batch round instead.
+        self.batch: Any = None  # a BatchRunner
+        self.batch_transport: Any = None  # where this LLM's batches go
 
     async def complete(
         self,
@@ -72,11 +76,21 @@ class LLM:
         step: str,
         sample_index: int = 0,
     ) -> Completion:
-        blob = assemble_blob(self._identity, messages, params, sample_index)
+        blob = assemble_blob(self._identity_json, messages, params, sample_index)
         key = key_of(blob)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.record(step, hit)
             return hit
+        if self.batch is not None:  # the runner caches the answer the moment it reads it
+            request = {
+                "backend": self._identity,
+                "messages": messages,
+                "params": params.as_dict(),
+                "sample_index": sample_index,
+            }
+            completion = await self.batch.complete(self.batch_transport, key, request)
+            self.usage.record(step, completion)
+            return completion
         async with self._semaphore:
             completion = await self.backend.complete(messages, params)
         completion.request_id = key

@@ -5,7 +5,8 @@ limits a job, and this client spends about a fifth of aiohttp's CPU per request 
 against the same loopback server; benchmarks/bench_client.py measures the whole job). It speaks
 what OpenAI-compatible servers answer: a status line, headers, and a body sized by
 Content-Length, by chunked transfer coding, or by the server closing the connection; http and
-https. A request whose URL the environment sends through a proxy (HTTPS_PROXY, HTTP_PROXY,
+https, the server's certificate always verified against the system's CAs (SSL_CERT_FILE or
+SSL_CERT_DIR name others, e.g. a private CA). A request whose URL the environment sends through a proxy (HTTPS_PROXY, HTTP_PROXY,
 NO_PROXY) goes through aiohttp, which knows proxies.
 
 Every connection is kept open for the next request unless the server says otherwise; the pool
@@ -35,13 +36,25 @@ class Response(NamedTuple):
 
 
 class TransportError(Exception):
-    """No HTTP answer: `kind` is "timeout" or "connection_error"; `detail` names what happened."""
+    """No HTTP answer: `kind` is "timeout", "connection_error" or "tls_error" (the server's
+    certificate was rejected: not worth a retry); `detail` names what happened."""
 
     def __init__(self, kind: str, detail: str, *, stale: bool = False):
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
         self.stale = stale  # the connection died before a byte of the answer came back
+
+
+UNTRUSTED_ISSUER = (18, 19, 20, 21)  # OpenSSL: self-signed, or no trusted CA signed it
+
+
+def connect_failure(exc: BaseException) -> TransportError:
+    """What a failed connect means: a rejected certificate says why and what to do."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        hint = "; trust its CA with SSL_CERT_FILE=/path/to/ca.pem" if exc.verify_code in UNTRUSTED_ISSUER else ""
+        return TransportError("tls_error", f"TLS certificate rejected: {exc.verify_message}{hint}")
+    return TransportError("connection_error", type(exc).__name__)
 
 
 @dataclass
@@ -280,7 +293,7 @@ class HTTPClient:
                 server_hostname=target.host if target.ssl else None,
             )  # fmt: skip
         except OSError as exc:  # refused, unreachable, TLS failures (ssl.SSLError is an OSError)
-            raise TransportError("connection_error", type(exc).__name__) from None
+            raise connect_failure(exc) from None
         return conn, False
 
     def _target(self, url: str) -> _Target:
@@ -295,7 +308,7 @@ class HTTPClient:
             shown += f":{parts.port}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if tls and self._ssl is None:
-            self._ssl = ssl.create_default_context()
+            self._ssl = ssl.create_default_context()  # verifies certificate and host name
         proxies = urllib.request.getproxies()
         proxied = parts.scheme in proxies and not urllib.request.proxy_bypass(parts.netloc)
         target = _Target((parts.scheme, host, port), host, port, self._ssl if tls else None, path, shown, proxied)
@@ -319,6 +332,8 @@ class HTTPClient:
                 return Response(response.status, headers, raw)
         except TimeoutError:
             raise TransportError("timeout", "timeout") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise connect_failure(exc.certificate_error) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise TransportError("connection_error", type(exc).__name__) from None
 

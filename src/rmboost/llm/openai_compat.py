@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from rmboost.llm.cache import messages_json
+from rmboost.llm.chat_format import chat_body_json, completion_from_body
 from rmboost.llm.flow import AdaptiveLimit, CircuitBreaker
 from rmboost.llm.http import HTTPClient, TransportError, ensure_open_files
 from rmboost.llm.ratelimit import RateLimiter
@@ -31,34 +31,6 @@ from rmboost.llm.types import Completion, FatalLLMError, LLMError, Message, Samp
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 OVERLOAD = ("rate_limited", "timeout", "unavailable")  # these halve the adaptive limit
 RETRIED_STATUS = (408, 409, 429)  # and every 5xx
-
-
-def chat_body(model: str, messages: list[Message], params: SamplingParams) -> bytes:
-    """The JSON body of one chat completion request (what the bare benchmark loop replays).
-
-    The messages come first, as the same canonical JSON the cache key is hashed from
-    (serialised once per request); the other fields follow.
-    """
-    fields: dict[str, Any] = {
-        "model": model,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "max_tokens": params.max_tokens,
-    }
-    if params.seed is not None:
-        fields["seed"] = params.seed
-    if params.logprobs:
-        fields["logprobs"] = True
-        fields["top_logprobs"] = params.logprobs
-    if params.stop:
-        fields["stop"] = list(params.stop)
-    if messages and messages[-1]["role"] == "assistant":
-        # A prefill. Servers built on vLLM continue it when asked; the plain OpenAI API cannot,
-        # which is why prefill is off by default for this backend.
-        fields["continue_final_message"] = True
-        fields["add_generation_prompt"] = False
-    rest = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-    return f'{{"messages":{messages_json(messages)},{rest[1:]}'.encode()
 
 
 @dataclass
@@ -159,7 +131,7 @@ class OpenAIBackend:
 
     async def _check_one(self, replica: Replica) -> None:
         reply = await self._exchange("GET", f"{replica.base_url}/models")
-        if reply.outcome in ("timeout", "connection_error"):
+        if reply.outcome in ("timeout", "connection_error", "tls_error"):
             raise FatalLLMError(f"cannot reach the endpoint {replica.base_url} ({reply.detail})")
         if reply.outcome == "auth":
             raise FatalLLMError(self._auth_message(replica.base_url))
@@ -186,8 +158,7 @@ class OpenAIBackend:
         if self._tpm:
             estimate = sum(len(m["content"]) for m in messages) / 4 + params.max_tokens
             await self._tpm.acquire(estimate)
-        prefill = messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-        body = chat_body(self.model, messages, params)
+        body = chat_body_json(self.model, messages, params)  # the same body a batch file carries
         attempt = 0
         while True:
             self.breaker.raise_if_open()
@@ -201,7 +172,7 @@ class OpenAIBackend:
                 outcome = reply.outcome
                 if outcome == "ok":
                     try:
-                        completion = self._to_completion(reply.raw, params, prefill)
+                        completion = self._to_completion(reply.raw, messages, params)
                     except LLMError as exc:
                         outcome, bad = "bad_response", exc
                     else:
@@ -224,6 +195,8 @@ class OpenAIBackend:
         """Raise what ends this request (or the job); else return how long to wait before a retry."""
         if outcome == "auth":
             raise FatalLLMError(self._auth_message(url))
+        if outcome == "tls_error":  # the same certificate would be rejected again
+            raise FatalLLMError(f"cannot reach the endpoint {url} ({reply.detail})")
         if outcome == "not_found":
             raise FatalLLMError(
                 f"HTTP 404 from {url}: it serves no model {self.model!r}, or the URL "
@@ -251,26 +224,11 @@ class OpenAIBackend:
             return 0.0  # that replica is out; another one takes the request at once
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
 
-    def _to_completion(self, raw: bytes, params: SamplingParams, prefill: str) -> Completion:
+    def _to_completion(self, raw: bytes, messages: list[Message], params: SamplingParams) -> Completion:
         try:
-            data = json.loads(raw)
-            choices = data.get("choices")
-            if not choices:
-                raise LLMError("empty_choices: the endpoint returned no choices")
-            choice = choices[0]
-            message = choice.get("message") or {}
-            usage = data.get("usage") or {}
-            logprobs = None
-            if params.logprobs and isinstance(choice.get("logprobs"), dict):
-                logprobs = choice["logprobs"].get("content") or None
-            return Completion(
-                text=prefill + (message.get("content") or ""),
-                tokens_in=int(usage.get("prompt_tokens") or 0),
-                tokens_out=int(usage.get("completion_tokens") or 0),
-                model=data.get("model") or self.model,
-                finish_reason=choice.get("finish_reason"),
-                logprobs=logprobs,
-            )
+            return completion_from_body(json.loads(raw), messages, params, self.model)
+        except LLMError:
+            raise
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise LLMError(f"bad_response: not an OpenAI chat completion ({_snippet(raw)})") from exc
 

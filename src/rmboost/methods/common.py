@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rmboost.llm import LLM, Completion, FatalLLMError, LLMError, Message, SamplingParams
+from rmboost.options import option
 from rmboost.parsing import ParseError, extract_tag, looks_like_refusal, normalize_for_compare
-from rmboost.prompts import format_value
+from rmboost.prompts import ASPECT_MODES, format_value
 from rmboost.tasks import TaskSpec
+
+if TYPE_CHECKING:  # methods.judge and methods.west_of_n import this module
+    from rmboost.methods.judge import Judge
+    from rmboost.methods.west_of_n import ResponseScorer
 
 
 def derive_seed(*parts: object) -> int:
@@ -31,6 +36,17 @@ class StepFailed(Exception):
 
 
 @dataclass
+class MethodSettings:
+    """The methods' own settings, declared once (GenerateConfig carries the same fields)."""
+
+    aspect_mode: str = option("model-selects", choices=ASPECT_MODES,
+                              help="model-selects (paper), sample, or none (No-Aspect ablation).")
+    aspects_k: int = option(2, help="Aspects per pair with --aspect-mode sample.")
+    y1_from: str | None = option(None, help="Take y1 from this column (e.g. reference) instead of generating it.")
+    n: int = option(8, flags=("--n",), help="west-of-n: samples per prompt.")
+
+
+@dataclass
 class MethodContext:
     """The job-wide things a method needs to turn a row into a pair."""
 
@@ -39,7 +55,10 @@ class MethodContext:
     params: SamplingParams
     seed: int = 0
     max_attempts: int = 3
-    options: dict[str, Any] = field(default_factory=dict)
+    settings: MethodSettings = field(default_factory=MethodSettings)
+    prefill: bool = False  # start each answer inside its tag (small models rarely write the tag)
+    judge: Judge | None = None  # rlaif's labels, the filter, west-of-n's judge scorer
+    scorer: ResponseScorer | None = None  # west-of-n's best and worst
 
 
 @dataclass
@@ -73,7 +92,7 @@ async def sample_tagged(
     """
     completions: list[Completion] = []
     attempts: list[dict[str, Any]] = []
-    if ctx.options.get("prefill"):
+    if ctx.prefill:
         # Start the answer inside the tag: small models rarely emit the tag on their own.
         messages = [*messages, {"role": "assistant", "content": f"<{tag}>"}]
     stop = (f"</{tag}>",) if stop_at_close else ()
@@ -111,6 +130,17 @@ async def sample_tagged(
         return StepResult(text=text, raw=completion.text, completions=completions)
     last = attempts[-1]
     raise StepFailed(step, last["reason"], last["raw"], attempts)
+
+
+def differs_from(first: str) -> Validator:
+    """Reject an answer that is `first` again (up to case and spacing): reason `same_as_y1`."""
+    folded = normalize_for_compare(first)
+
+    def check(text: str) -> None:
+        if normalize_for_compare(text) == folded:
+            raise ParseError("same_as_y1", "the answer repeats the first response")
+
+    return check
 
 
 _INSTRUCTION_MARKERS = ("<task_description>", "<guideline>", "<existing_", "</response>", "<response>")

@@ -12,12 +12,15 @@ OpenAI-compatible servers do).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from rmboost.backends import BACKENDS, BackendOptions, http_urls, make_backend
 from rmboost.methods.common import MethodContext, StepFailed, derive_seed, sample_tagged
+from rmboost.options import option
 from rmboost.parsing import ParseError, extract_tag
 from rmboost.prompts import judge_messages, rating_messages
 
@@ -109,8 +112,8 @@ class Judge:
     margin: float = 0.0  # logprobs: |P(a) - 0.5| must exceed this for a label
 
     async def compare(self, row: dict[str, Any], a: str, b: str, *, step: str = "judge") -> PairVerdict:
-        ab = await self._once(row, a, b, step, "ab")
-        ba = await self._once(row, b, a, step, "ba")
+        # Both orders at once: one batch round rather than two (the results do not depend on order).
+        ab, ba = await asyncio.gather(self._once(row, a, b, step, "ab"), self._once(row, b, a, step, "ba"))
         completions = [*ab[1], *ba[1]]
         v1, v2 = ab[0], ba[0]
         if self.mode == "logprobs":
@@ -129,7 +132,7 @@ class Judge:
 
     def _short(self) -> int | None:
         """Prefilled inside the tag, the answer is a word or a number: no room for rambling."""
-        return 8 if self.ctx.options.get("prefill") else None
+        return 8 if self.ctx.prefill else None
 
     async def _once(
         self, row: dict[str, Any], first: str, second: str, step: str, order: str
@@ -172,7 +175,7 @@ class Judge:
     ) -> Any:
         """One greedy token with its top-20 log-probabilities, the answer started inside `<tag>`."""
         ctx = self.ctx
-        if ctx.options.get("prefill"):
+        if ctx.prefill:
             messages = [*messages, {"role": "assistant", "content": f"<{tag}>"}]
         params = replace(
             ctx.params, max_tokens=1, logprobs=20, temperature=0.0,
@@ -260,36 +263,69 @@ def _check_score(text: str) -> None:
     parse_score(text)
 
 
+CONNECTION = ("backend", "model", "base_url", "api_key_env")  # the judge's own endpoint, if any
+
+
 @dataclass
 class JudgeOptions:
-    """How to build the judge; `backend` None means the generator's backend settings."""
+    """The judge: its model (connection fields left None: the generator's) and how it is asked.
 
-    backend: Any = None  # BackendOptions
-    mode: str = "text"
-    temperature: float = 0.0
-    max_tokens: int = 512
-    margin: float = 0.0
-    max_attempts: int = 3
-    prefill: bool | None = None
+    One declaration for `generate`'s and `filter`'s `--judge-*` flags, `relabel`'s (with its own
+    defaults) and an experiment's `judge` section.
+    """
+
+    backend: str | None = option(None, choices=BACKENDS, help="Judge backend (default: the generator's).")
+    model: str | None = option(None, help="Judge model (openai) or GGUF path (llamacpp).")
+    base_url: str | None = option(None, check=http_urls, help="Judge endpoint (openai).")
+    api_key_env: str | None = option(None, help="Environment variable with the judge's API key.")
+    mode: str = option("text", choices=JUDGE_MODES, noun="judge mode",
+                       help="text (parse first/second/same) or logprobs (P(first) from token log-probabilities).")
+    temperature: float = option(0.0, help="Judge sampling temperature (0: greedy, no resampling).")
+    max_tokens: int = option(512, cli=False)
+    margin: float = option(0.0, help="logprobs mode: |P(first better) - 0.5| must exceed this for a label.")
+    max_attempts: int = option(3, cli=False, yaml=False)
+    prefill: bool | None = option(None, cli=False, yaml=False)  # None: on for llamacpp
+
+    def own_connection(self) -> bool:
+        return any(getattr(self, k) is not None for k in CONNECTION)
+
+    def connection(self, generator: BackendOptions | None = None) -> BackendOptions:
+        """The judge's backend: the connection fields set here over the generator's.
+
+        Another backend kind starts from its own model and URL (the generator's name a model on
+        another server); the pacing settings (timeout, retries, limits, threads, breaker) are the
+        generator's. The generator's `cache_identity` names the generator's deployment, so a judge
+        with its own endpoint (or another backend kind) is cached under its own URL instead.
+        """
+        base = generator or BackendOptions()
+        changed = {k: v for k in CONNECTION if (v := getattr(self, k)) is not None}
+        if self.backend is not None and self.backend != base.backend:
+            changed = {"model": None, "base_url": None, **changed}
+        if "base_url" in changed:
+            changed["cache_identity"] = None
+        return replace(base, **changed)
 
 
 def make_judge(
-    opts: JudgeOptions, task: Any, seed: int, cache: Any, concurrency: int = 1, backend: Any = None
+    opts: JudgeOptions, task: Any, seed: int, cache: Any, concurrency: int = 1, backend: Any = None,
+    generator: BackendOptions | None = None,
 ) -> Judge:
-    """A Judge with its own backend instance (and its own concurrency limit)."""
-    from rmboost.backends import make_backend
+    """A Judge with its own backend instance (and its own concurrency limit).
+
+    `backend` (tests, replays) replaces the one `opts.connection(generator)` describes.
+    """
     from rmboost.llm import LLM, SamplingParams
 
     if opts.mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {opts.mode!r} (use {', '.join(JUDGE_MODES)})")
     if backend is None:
-        backend = make_backend(opts.backend, concurrency=concurrency)
+        backend = make_backend(opts.connection(generator), concurrency=concurrency)
     ctx = MethodContext(
         llm=LLM(backend, cache, max_concurrency=concurrency),
         task=task,
         params=SamplingParams(temperature=opts.temperature, top_p=1.0, max_tokens=opts.max_tokens),
         seed=seed,
         max_attempts=opts.max_attempts,
-        options={"prefill": opts.prefill if opts.prefill is not None else backend.name == "llamacpp"},
+        prefill=opts.prefill if opts.prefill is not None else backend.name == "llamacpp",
     )
     return Judge(ctx=ctx, mode=opts.mode, margin=opts.margin)

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from rmboost.methods.common import MethodContext, StepFailed, pair_row, sample_tagged
-from rmboost.parsing import ParseError, normalize_for_compare
+from rmboost.methods.common import MethodContext, StepFailed, differs_from, pair_row, sample_tagged
 from rmboost.prompts import first_response_messages
 
 
 async def rlaif_pair(ctx: MethodContext, row: dict[str, Any], label: str | None = None) -> dict[str, Any]:
     """Sample y1 and y2 from the same instruction with distinct seeds; the judge decides."""
     del label  # the judge decides the label
-    judge = ctx.options["judge"]
-    messages = first_response_messages(ctx.task, row, ctx.options.get("aspect_mode", "model-selects"))
+    assert ctx.judge is not None, "rlaif needs a judge"
+    messages = first_response_messages(ctx.task, row, ctx.settings.aspect_mode)
     first = await sample_tagged(ctx, messages, row_id=row["id"], step="y1")
-
-    def differs(text: str) -> None:
-        if normalize_for_compare(text) == normalize_for_compare(first.text):
-            raise ParseError("same_as_y1", "the second sample repeats the first")
-
-    second = await sample_tagged(ctx, messages, row_id=row["id"], step="y2", validate=differs)
-    verdict = await judge.compare(row, first.text, second.text)
+    second = await sample_tagged(ctx, messages, row_id=row["id"], step="y2", validate=differs_from(first.text))
+    verdict = await ctx.judge.compare(row, first.text, second.text)
     if verdict.winner is None:
         raise StepFailed("judge", verdict.reason or "judge_tie", "", [verdict.as_record()])
     y1, y2 = first.text, second.text

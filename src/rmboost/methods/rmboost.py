@@ -11,8 +11,15 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from rmboost.methods.common import MethodContext, StepFailed, derive_seed, pair_row, sample_tagged
-from rmboost.parsing import ParseError, extract_list, normalize_for_compare
+from rmboost.methods.common import (
+    MethodContext,
+    StepFailed,
+    derive_seed,
+    differs_from,
+    pair_row,
+    sample_tagged,
+)
+from rmboost.parsing import extract_list, normalize_for_compare
 from rmboost.prompts import Label, first_response_messages, format_value, rewrite_messages
 from rmboost.tasks import Aspect, TaskSpec
 
@@ -52,9 +59,9 @@ def match_aspects(task: TaskSpec, named: list[str]) -> list[str]:
 
 async def rmboost_pair(ctx: MethodContext, row: dict[str, Any], label: Label) -> dict[str, Any]:
     """One RMBoost pair for `row`; raises StepFailed when a step yields no usable response."""
-    task, opts, row_id = ctx.task, ctx.options, row["id"]
-    mode = opts.get("aspect_mode", "model-selects")
-    y1_from = opts.get("y1_from")
+    task, settings, row_id = ctx.task, ctx.settings, row["id"]
+    mode = settings.aspect_mode
+    y1_from = settings.y1_from
     completions = []
 
     if y1_from:
@@ -68,18 +75,13 @@ async def rmboost_pair(ctx: MethodContext, row: dict[str, Any], label: Label) ->
         y1 = first.text
         completions += first.completions
 
-    targets = sample_aspects(task, row_id, ctx.seed, opts.get("aspects_k", 2)) if mode == "sample" else []
-
-    def differs_from_y1(text: str) -> None:
-        if normalize_for_compare(text) == normalize_for_compare(y1):
-            raise ParseError("same_as_y1", "the rewrite is identical to the first response")
-
+    targets = sample_aspects(task, row_id, ctx.seed, settings.aspects_k) if mode == "sample" else []
     second = await sample_tagged(
         ctx,
         rewrite_messages(task, row, y1, label, mode, targets),
         row_id=row_id,
         step="y2",
-        validate=differs_from_y1,
+        validate=differs_from(y1),
         stop_at_close=mode != "model-selects",  # the chosen aspects follow the response
     )
     y2 = second.text

@@ -6,6 +6,7 @@ Scorers: the LLM judge rating each response 1-10 (`judge`), or a reward model tr
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from rmboost.methods.common import MethodContext, StepFailed, pair_row, sample_tagged
@@ -19,12 +20,8 @@ class ResponseScorer(Protocol):
 
 def judge_scorer(judge: Any) -> ResponseScorer:
     async def score(row: dict[str, Any], responses: list[str]) -> tuple[list[float], list[Any]]:
-        scores, completions = [], []
-        for i, response in enumerate(responses):
-            value, used = await judge.rate(row, response, index=i)
-            scores.append(float(value))
-            completions += used
-        return scores, completions
+        rated = await asyncio.gather(*(judge.rate(row, r, index=i) for i, r in enumerate(responses)))
+        return [float(value) for value, _ in rated], [c for _, used in rated for c in used]
 
     return score
 
@@ -42,15 +39,21 @@ def rm_scorer(scorer: Any, task: Any) -> ResponseScorer:
 
 async def west_of_n_pair(ctx: MethodContext, row: dict[str, Any], label: str | None = None) -> dict[str, Any]:
     del label
-    n: int = ctx.options.get("n", 8)
-    scorer: ResponseScorer = ctx.options["scorer"]
-    messages = first_response_messages(ctx.task, row, ctx.options.get("aspect_mode", "model-selects"))
+    n = ctx.settings.n
+    scorer = ctx.scorer
+    assert scorer is not None, "west-of-n needs a scorer"
+    messages = first_response_messages(ctx.task, row, ctx.settings.aspect_mode)
     pool, completions = [], []
-    for i in range(n):
-        try:
-            result = await sample_tagged(ctx, messages, row_id=row["id"], step="sample", seed_name=f"sample-{i}")
-        except StepFailed:
+    # The N samples are independent: ask for them at once (one batch round), then pool them in order.
+    samples = await asyncio.gather(
+        *(sample_tagged(ctx, messages, row_id=row["id"], step="sample", seed_name=f"sample-{i}") for i in range(n)),
+        return_exceptions=True,
+    )
+    for result in samples:
+        if isinstance(result, StepFailed):
             continue  # a pool member that never parsed is simply not in the pool
+        if isinstance(result, BaseException):
+            raise result
         completions += result.completions
         if all(normalize_for_compare(result.text) != normalize_for_compare(p) for p in pool):
             pool.append(result.text)

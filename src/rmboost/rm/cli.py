@@ -7,14 +7,19 @@ line and exit code 2, as everywhere in rmboost.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from rmboost.cli_support import USER_ERRORS, err, out
+from rmboost import options
+from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
+from rmboost.options import fraction, option, reuse
+from rmboost.rm.rewardbench import FORMATS
+from rmboost.rm.train import TrainRMConfig
 
 DEFAULT_QA_FEEDBACK = Path("../shared/data/qa_feedback")
 
@@ -27,83 +32,12 @@ def _ci(ci: list[float]) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-def train_rm(
-    train: Annotated[
-        list[str],
-        typer.Option("--train", "-t", help="Pair file (.jsonl/.parquet/...), optionally FILE:WEIGHT for a mixture; repeatable."),
-    ],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the trained model.")],
-    backbone: Annotated[str, typer.Option(help="minilm (default, encoder), smollm2 (decoder), a checkpoint folder, a .gguf file or a Hub id.")] = "minilm",
-    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint (e.g. an SFT model) instead of the backbone's weights.")] = None,
-    validation: Annotated[Path | None, typer.Option("--validation", "-v", help="Pair file for picking the best checkpoint (never the test file).")] = None,
-    prompt_field: Annotated[str, typer.Option(help="Prompt column; a dotted path reaches into dicts (inputs.question = QA-Feedback without passages); none = response only.")] = "prompt",
-    template: Annotated[str, typer.Option(help="auto, chat (tokenizer's chat template) or pair ([CLS] prompt [SEP] response [SEP] / prompt + response + EOS).")] = "auto",
-    max_length: Annotated[int, typer.Option(help="Tokens per (prompt, response); the prompt is cut from its end, the response kept whole.")] = 256,
-    epochs: Annotated[float, typer.Option()] = 2.0,
-    learning_rate: Annotated[float, typer.Option("--learning-rate", "--lr")] = 3e-5,
-    batch_size: Annotated[int, typer.Option(help="Pairs per device per step.")] = 16,
-    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
-    warmup_ratio: Annotated[float, typer.Option(help="Linear warmup over this share of the steps.")] = 0.03,
-    scheduler: Annotated[str, typer.Option(help="Learning-rate schedule (transformers name).")] = "cosine",
-    adam_beta1: Annotated[float, typer.Option()] = 0.9,
-    adam_beta2: Annotated[float, typer.Option()] = 0.98,
-    weight_decay: Annotated[float, typer.Option()] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seeds the head, the shuffling and the mixture.")] = 0,
-    margin_column: Annotated[str | None, typer.Option(help="Column with a margin m: loss -log sigmoid(r+ - r- - m).")] = None,
-    center_rewards: Annotated[float | None, typer.Option(help="Reward-centering coefficient (e.g. 0.01).")] = None,
-    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: every epoch).")] = None,
-    select_metric: Annotated[str, typer.Option(help="Validation metric that picks the checkpoint: accuracy or loss.")] = "accuracy",
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    bf16: Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="Default: on for CUDA with bf16, off on CPU.")] = None,
-    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Default: off.")] = None,
-    logging_steps: Annotated[int, typer.Option(help="Print loss/accuracy every N steps.")] = 10,
-    keep_checkpoints: Annotated[bool, typer.Option(help="Keep the intermediate checkpoints folder.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
+@options.command(TrainRMConfig)
+def train_rm(cfg: TrainRMConfig) -> None:
     """Train a Bradley-Terry reward model on preference pairs (TRL RewardTrainer)."""
-    from rmboost.rm.train import TrainRMConfig
     from rmboost.rm.train import train_rm as run
 
-    cfg = TrainRMConfig(
-        train=train,
-        output=output,
-        backbone=backbone,
-        init=init,
-        validation=validation,
-        prompt_field=prompt_field,
-        template=template,
-        max_length=max_length,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        warmup_ratio=warmup_ratio,
-        lr_scheduler=scheduler,
-        adam_beta1=adam_beta1,
-        adam_beta2=adam_beta2,
-        weight_decay=weight_decay,
-        seed=seed,
-        margin_field=margin_column,
-        center_rewards=center_rewards,
-        eval_steps=eval_steps,
-        select_metric=select_metric,
-        max_steps=max_steps,
-        device=device,
-        bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing,
-        logging_steps=logging_steps,
-        keep_checkpoints=keep_checkpoints,
-        show_progress=progress,
-    )
-    try:
-        summary = run(cfg, err)
-    except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/]: nothing was saved")
-        raise typer.Exit(130) from None
-    except USER_ERRORS as exc:
-        raise _fail(str(exc)) from None
-    print_train_summary(summary)
+    run_training(run, cfg, print_train_summary)
 
 
 def print_train_summary(s: dict[str, Any]) -> None:
@@ -130,43 +64,80 @@ def print_train_summary(s: dict[str, Any]) -> None:
     out.print(f"reward model saved to {s['output']}", highlight=False)
 
 
-def eval_rm(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by train-rm.")],
-    test: Annotated[Path, typer.Option("--test", help="Held-out pair file.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write all metrics as JSON here.")] = None,
-    prompt_field: Annotated[str | None, typer.Option(help="Override the prompt field saved with the model.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Override the max length saved with the model.")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% interval.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    show_groups: Annotated[int, typer.Option(help="Print at most this many groups (all are in the JSON).")] = 20,
-) -> None:
-    """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines."""
-    from rmboost.rm.data import read_pairs
-    from rmboost.rm.evaluate import evaluate_scores
+@dataclass
+class ScoreOptions:
+    model: Path = option(flags=("--model", "-m"), help="Folder written by train-rm.")
+    input: Path = option(flags=("--input", "-i"), help="Rows with prompt+response, or pair rows (prompt, chosen, rejected).")
+    output: Path = option(flags=("--output", "-o"), help="Rows with reward (or reward_chosen/reward_rejected) added: .jsonl or .parquet.")
+    prompt_field: str | None = option(None, help="Override the prompt field saved with the model.")
+    max_length: int | None = option(None, help="Override the max length saved with the model.")
+    batch_size: int = option(32)
+    device: str | None = option(None, help="cpu or cuda (default: cuda if available).")
+
+
+@dataclass
+class EvalRMOptions:
+    model: list[Path] = option(flags=("--model", "-m"), help="Folder written by train-rm; give it twice (A, B) to compare two models, paired, on the same pairs.")
+    test: Path = option(flags=("--test",), help="Held-out pair file (or a RewardBench file with --format).")
+    format: str = option("pairs", choices=FORMATS, help="pairs (rmboost's pair files), rewardbench (v1: prompt/chosen/rejected/subset rows) or rewardbench2 (best-of-4 chosen/rejected lists, Ties).")
+    output: Path | None = option(None, flags=("--output", "-o"), help="Write all metrics as JSON here.")
+    prompt_field: str | None = reuse(ScoreOptions, "prompt_field")
+    max_length: int | None = reuse(ScoreOptions, "max_length")
+    batch_size: int = reuse(ScoreOptions, "batch_size")
+    resamples: int = option(2000, help="Bootstrap resamples for the 95% interval.")
+    seed: int = option(0, help="Bootstrap seed.")
+    device: str | None = reuse(ScoreOptions, "device")
+    show_groups: int = option(20, help="Print at most this many groups (all are in the JSON).")
+
+
+@options.command(EvalRMOptions)
+def eval_rm(opts: EvalRMOptions) -> None:
+    """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines.
+
+    Two --model: their paired difference on the same pairs. --format rewardbench or
+    rewardbench2: per-subset accuracy and the benchmark's section scores.
+    """
+    from rmboost.rm.compare import compare_models, print_comparison
+    from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
     from rmboost.rm.score import RewardScorer
 
+    output = opts.output
     try:
-        scorer = RewardScorer(model, device=device, batch_size=batch_size, max_length=max_length)
-        pairs = read_pairs(test, prompt_field or scorer.prompt_field)
-        chosen, rejected = scorer.score_pairs(pairs)
-        metrics = evaluate_scores(pairs, chosen, rejected, resamples=resamples, seed=seed)
-        metrics.update(
-            model=str(model),
-            test=str(test),
-            prompt_field=prompt_field or scorer.prompt_field,
-            max_length=scorer.max_length,
-            truncated=dict(scorer.truncated),
-        )
+        if opts.format != "pairs":
+            if len(opts.model) != 1:
+                raise ValueError(f"--format {opts.format} scores one --model at a time")
+            scorer = RewardScorer(opts.model[0], device=opts.device, batch_size=opts.batch_size,
+                                  max_length=opts.max_length)
+            result = {"model": str(opts.model[0]), "test": str(opts.test),
+                      **evaluate_benchmark(scorer, opts.test, opts.format)}
+        elif len(opts.model) == 1:
+            result = _evaluate_one(opts)
+        else:
+            result = compare_models(opts.model, opts.test, opts.prompt_field, opts.max_length, opts.batch_size,
+                                    opts.resamples, opts.seed, opts.device)
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(metrics, indent=2) + "\n", "utf-8")
+            output.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
-    print_eval(metrics, show_groups)
+    if opts.format != "pairs":
+        print_benchmark(result, out)
+    elif len(opts.model) == 1:
+        print_eval(result, opts.show_groups)
+    else:
+        print_comparison(result, out)
     if output is not None:
         out.print(f"metrics written to {output}", highlight=False)
+
+
+def _evaluate_one(opts: EvalRMOptions) -> dict[str, Any]:
+    """One model on a pair file, with what a comparison of two such models there could detect."""
+    from rmboost.rm.compare import evaluate_model, single_model_power
+
+    metrics, pairs, right = evaluate_model(opts.model[0], opts.test, opts.prompt_field, opts.max_length,
+                                           opts.batch_size, opts.resamples, opts.seed, opts.device)
+    metrics["power"] = single_model_power(pairs, right)
+    return metrics
 
 
 def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
@@ -191,6 +162,10 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
         f"at max length {m['max_length']}",
         highlight=False,
     )
+    if m.get("power"):
+        from rmboost.power import describe_power
+
+        out.print(describe_power(m["power"], "a comparison of two such models on this file"), highlight=False)
     groups = m.get("groups") or {}
     if not groups:
         return
@@ -212,25 +187,19 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
         )
 
 
-def score(
-    model: Annotated[Path, typer.Option("--model", "-m", help="Folder written by train-rm.")],
-    input: Annotated[Path, typer.Option("--input", "-i", help="Rows with prompt+response, or pair rows (prompt, chosen, rejected).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Rows with reward (or reward_chosen/reward_rejected) added: .jsonl or .parquet.")],
-    prompt_field: Annotated[str | None, typer.Option(help="Override the prompt field saved with the model.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Override the max length saved with the model.")] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-) -> None:
+@options.command(ScoreOptions)
+def score(opts: ScoreOptions) -> None:
     """Score responses with a trained reward model: one reward per response."""
     from rmboost.data.pairs import atomic_write_jsonl
     from rmboost.rm.data import read_score_rows
     from rmboost.rm.score import RewardScorer
 
+    output = opts.output
     try:
         if output.suffix not in (".jsonl", ".parquet"):
             raise ValueError(f"--output {output}: use a .jsonl or .parquet file name")
-        scorer = RewardScorer(model, device=device, batch_size=batch_size, max_length=max_length)
-        rows = read_score_rows(input, prompt_field or scorer.prompt_field)
+        scorer = RewardScorer(opts.model, device=opts.device, batch_size=opts.batch_size, max_length=opts.max_length)
+        rows = read_score_rows(opts.input, opts.prompt_field or scorer.prompt_field)
         prompts, responses, slots = [], [], []
         for i, r in enumerate(rows):
             for column, text in r.responses.items():
@@ -263,22 +232,25 @@ def score(
 data_app = typer.Typer(help="Prepare datasets for reward-model training and evaluation.", no_args_is_help=True)
 
 
+@dataclass
+class QAFeedbackSplit:
+    out_dir: Path = option(flags=("--out",), help="Folder for train.jsonl, test.jsonl (and val.jsonl).")
+    source: Path = option(DEFAULT_QA_FEEDBACK, help="QA-Feedback folder holding dev_feedback.json (or the file).")
+    test_fraction: float = option(0.2, check=fraction, help="Share of QUESTIONS held out for test.")
+    val_fraction: float = option(0.0, check=fraction, help="Share of the TRAIN questions carved out as val.jsonl (0: none).")
+    seed: int = option(0)
+
+
 @data_app.command("qa-feedback")
-def data_qa_feedback(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for train.jsonl, test.jsonl (and val.jsonl).")],
-    source: Annotated[Path, typer.Option(help="QA-Feedback folder holding dev_feedback.json (or the file).")] = DEFAULT_QA_FEEDBACK,
-    test_fraction: Annotated[float, typer.Option(help="Share of QUESTIONS held out for test.")] = 0.2,
-    val_fraction: Annotated[float, typer.Option(help="Share of the TRAIN questions carved out as val.jsonl (0: none).")] = 0.0,
-    seed: Annotated[int, typer.Option()] = 0,
-) -> None:
+@options.command(QAFeedbackSplit)
+def data_qa_feedback(opts: QAFeedbackSplit) -> None:
     """Human QA-Feedback pairs, split by question into train/test (and validation) JSONL files."""
     from rmboost.data.pairs import atomic_write_jsonl
     from rmboost.data.qa_feedback import load_human_pairs, split_by_question
 
+    out_dir, source, test_fraction, val_fraction, seed = (
+        opts.out_dir, opts.source, opts.test_fraction, opts.val_fraction, opts.seed)
     try:
-        for name, value in (("--test-fraction", test_fraction), ("--val-fraction", val_fraction)):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
         pairs = load_human_pairs(source)
         train, test = split_by_question(pairs, test_fraction, seed)
         splits = {"train": train, "test": test}

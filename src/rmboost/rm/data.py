@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmboost.data.inputs import InputError, read_jsonl_numbered, read_rows
+from rmboost.data.inputs import InputError, get_field, read_located_rows
+from rmboost.data.messages import (
+    assistant_turn,
+    prompt_text,
+    response_text,
+    split_implicit_prompt,
+    user_turn,
+)
+from rmboost.models import has_chat_template, quiet_transformers, token_ids
 
 # `--prompt-field none`: score the response alone.
 NO_PROMPT = "none"
@@ -42,69 +50,6 @@ class Pair:
 # Reading
 
 
-def _numbered_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(location, row) for every row; JSONL keeps real line numbers, other formats row indices."""
-    if not path.exists():
-        raise FileNotFoundError(f"pair file not found: {path}")
-    if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
-        return [(f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path)]
-    return [(f"{path}, row {i}", row) for i, row in enumerate(read_rows(path))]
-
-
-def get_field(row: dict[str, Any], name: str) -> Any:
-    """`row[name]`, where a dotted name reaches into nested dicts (`inputs.question`)."""
-    value: Any = row
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(name)
-        value = value[part]
-    return value
-
-
-def message_text(value: Any, where: str, field_name: str) -> str:
-    """A prompt as text: a string as is; chat messages as their content (roles kept if several)."""
-    if isinstance(value, str):
-        return value
-    msgs = _messages(value, where, field_name)
-    if len(msgs) == 1:
-        return msgs[0]["content"]
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in msgs)
-
-
-def response_text(value: Any, where: str, field_name: str) -> str:
-    """A response as text: a string as is; assistant messages as their joined content."""
-    if isinstance(value, str):
-        return value
-    msgs = _messages(value, where, field_name)
-    assistant = [m["content"] for m in msgs if m["role"] == "assistant"] or [m["content"] for m in msgs]
-    return "\n\n".join(assistant)
-
-
-def _messages(value: Any, where: str, field_name: str) -> list[dict[str, str]]:
-    if not isinstance(value, list) or not value:
-        raise InputError(
-            f"{where}: field {field_name!r} must be a string or a non-empty list of "
-            f"{{role, content}} messages, got {type(value).__name__}"
-        )
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or "role" not in m:
-            raise InputError(f"{where}: field {field_name!r}, message {i}: expected {{role, content}} with string content")
-    return value
-
-
-def _implicit_prompt(row: dict[str, Any]) -> tuple[list[dict], list[dict], list[dict]] | None:
-    """TRL's implicit-prompt form: conversations whose shared leading messages are the prompt."""
-    ch, rj = row.get("chosen"), row.get("rejected")
-    if not (isinstance(ch, list) and isinstance(rj, list)):
-        return None
-    n = 0
-    while n < min(len(ch), len(rj)) - 1 and ch[n] == rj[n]:
-        n += 1
-    if n == 0:
-        return None
-    return ch[:n], ch[n:], rj[n:]
-
-
 def read_pairs(
     path: str | Path,
     prompt_field: str = "prompt",
@@ -113,7 +58,7 @@ def read_pairs(
     """Every row of a pair file as a `Pair`; a row that cannot be used raises, naming the row."""
     path = Path(path)
     pairs: list[Pair] = []
-    for index, (where, row) in enumerate(_numbered_rows(path)):
+    for index, (where, row) in enumerate(read_located_rows(path)):
         for name in ("chosen", "rejected"):
             if name not in row or row[name] is None:
                 raise InputError(f"{where}: missing field {name!r}")
@@ -121,10 +66,10 @@ def read_pairs(
         rejected = response_text(row["rejected"], where, "rejected")
         prompt = _prompt_of(row, prompt_field, where)
         if prompt is None:  # implicit prompt in conversational rows
-            implicit = _implicit_prompt(row)
+            implicit = split_implicit_prompt(row["chosen"], row["rejected"])
             if implicit is None:
                 raise InputError(f"{where}: missing field {prompt_field!r}")
-            prompt = message_text(implicit[0], where, "chosen")
+            prompt = prompt_text(implicit[0], where, "chosen")
             chosen = response_text(implicit[1], where, "chosen")
             rejected = response_text(implicit[2], where, "rejected")
         margin = None
@@ -166,7 +111,7 @@ def _prompt_of(row: dict[str, Any], prompt_field: str, where: str) -> str | None
         raise InputError(f"{where}: missing field {prompt_field!r} (the prompt field)") from None
     if value is None:
         raise InputError(f"{where}: field {prompt_field!r} is null")
-    return message_text(value, where, prompt_field)
+    return prompt_text(value, where, prompt_field)
 
 
 @dataclass
@@ -181,7 +126,7 @@ class ScoreRow:
 def read_score_rows(path: str | Path, prompt_field: str = "prompt") -> list[ScoreRow]:
     """Rows with `prompt` + `response` (-> `reward`) or pair rows (-> `reward_chosen`/`reward_rejected`)."""
     out = []
-    for where, row in _numbered_rows(Path(path)):
+    for where, row in read_located_rows(path):
         prompt = _prompt_of(row, prompt_field, where)
         if "response" in row:
             responses = {"reward": response_text(row["response"], where, "response")}
@@ -190,8 +135,8 @@ def read_score_rows(path: str | Path, prompt_field: str = "prompt") -> list[Scor
                 "reward_chosen": response_text(row["chosen"], where, "chosen"),
                 "reward_rejected": response_text(row["rejected"], where, "rejected"),
             }
-            if prompt is None and (implicit := _implicit_prompt(row)) is not None:
-                prompt = message_text(implicit[0], where, "chosen")
+            if prompt is None and (implicit := split_implicit_prompt(row["chosen"], row["rejected"])) is not None:
+                prompt = prompt_text(implicit[0], where, "chosen")
                 responses = {
                     "reward_chosen": response_text(implicit[1], where, "chosen"),
                     "reward_rejected": response_text(implicit[2], where, "rejected"),
@@ -302,7 +247,7 @@ class PairFormatter:
         self.tok = tokenizer
         self.max_length = max_length
         if template == "auto":
-            template = "chat" if getattr(tokenizer, "chat_template", None) else "pair"
+            template = "chat" if has_chat_template(tokenizer) else "pair"
         if template not in ("chat", "pair"):
             raise ValueError(f"unknown template {template!r} (use auto, chat or pair)")
         self.template = template
@@ -312,21 +257,18 @@ class PairFormatter:
             raise ValueError(f"--max-length {max_length} is too small: the template alone takes {fixed} tokens")
         self._cache: dict[str, list[int]] = {}
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
-
     def _chat(self) -> tuple[list[int], list[int], list[int]]:
-        messages = [{"role": "user", "content": self._P}, {"role": "assistant", "content": self._R}]
+        messages = [*user_turn(self._P), *assistant_turn(self._R)]
         text = self.tok.apply_chat_template(messages, tokenize=False)
         if text.count(self._P) != 1 or text.count(self._R) != 1 or text.index(self._P) > text.index(self._R):
             raise ValueError("the tokenizer's chat template does not keep message contents verbatim; use --template pair")
         before, rest = text.split(self._P)
         middle, after = rest.split(self._R)
-        return self._ids(before), self._ids(middle), self._ids(after.rstrip())
+        return token_ids(self.tok, before), token_ids(self.tok, middle), token_ids(self.tok, after.rstrip())
 
     def _pair(self) -> tuple[list[int], list[int], list[int]]:
         a, b = "alpha", "omega"
-        ia, ib = self._ids(a), self._ids(b)
+        ia, ib = token_ids(self.tok, a), token_ids(self.tok, b)
         full = self.tok(a, b)["input_ids"]
         i = _find(full, ia, 0)
         j = _find(full, ib, i + len(ia)) if i >= 0 else -1
@@ -335,32 +277,27 @@ class PairFormatter:
         else:
             prefix, middle, suffix = full[:i], full[i + len(ia) : j], full[j + len(ib) :]
         if not middle:
-            middle = self._ids("\n\n")
+            middle = token_ids(self.tok, "\n\n")
         eos = getattr(self.tok, "eos_token_id", None)
         if not suffix and eos is not None:
             suffix = [eos]
         return prefix, middle, suffix
 
     def token_ids(self, text: str) -> list[int]:
+        """`text`'s ids (no special tokens), tokenized once per formatter."""
         ids = self._cache.get(text)
         if ids is None:
-            ids = self._cache[text] = self._ids(text)
+            ids = self._cache[text] = token_ids(self.tok, text)
         return ids
 
     def encode_many(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Encoded]:
         """Batch form of `encode`: tokenizes the distinct texts once (prompts repeat a lot)."""
-        from transformers.utils import logging as hf_logging
-
         todo = list(dict.fromkeys(t for t in (*prompts, *responses) if t and t not in self._cache))
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "sequence longer than the model maximum": we cut it below
-        try:
+        with quiet_transformers():  # "sequence longer than the model maximum": we cut it in `encode`
             for start in range(0, len(todo), 512):
                 chunk = todo[start : start + 512]
                 for text, ids in zip(chunk, self.tok(chunk, add_special_tokens=False)["input_ids"], strict=True):
                     self._cache[text] = ids
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def encode(self, prompt: str, response: str) -> Encoded:

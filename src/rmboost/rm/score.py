@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rmboost.rm.data import NO_PROMPT, Encoded, Pair, PairFormatter, get_field, message_text
+from rmboost.data.inputs import get_field
+from rmboost.data.messages import prompt_text
+from rmboost.models import max_positions
+from rmboost.rm.backbones import META_FILE, load_reward_model
+from rmboost.rm.data import NO_PROMPT, Encoded, Pair, PairFormatter
+from rmboost.training import read_meta
 
 
 class RewardScorer:
@@ -24,13 +29,10 @@ class RewardScorer:
         batch_size: int = 16,
         max_length: int | None = None,
     ):
-        from rmboost.rm.backbones import load_reward_model, max_positions
-        from rmboost.rm.train import read_meta
-
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"reward model not found: {path} (expected a folder written by `rmboost train-rm`)")
-        self.meta = read_meta(path)
+        self.meta = read_meta(path, META_FILE)
         fmt = self.meta.get("format", {})
         model, tokenizer = load_reward_model(str(path), require_head=True)
         limit = max_positions(model) or 512
@@ -81,7 +83,7 @@ class RewardScorer:
             return ""
         for name in (self.prompt_field, self.prompt_field.removeprefix("inputs.")):
             try:
-                return message_text(get_field(row, name), "row", name)
+                return prompt_text(get_field(row, name), "row", name)
             except KeyError:
                 continue
         return default

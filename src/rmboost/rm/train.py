@@ -8,22 +8,22 @@ preprocessing (a) drops every example longer than `max_length` instead of trunca
 formatter truncates the prompt instead and ends each sequence with the tokenizer's own end marker
 ([SEP] for encoders, EOS / end-of-turn for decoders), so TRL's tokenization is never used.
 
-Multi-GPU needs nothing from us: `accelerate launch -m rmboost.cli train-rm ...` (or
-`accelerate launch $(which rmboost) train-rm ...`) and the Trainer runs data-parallel.
+Device policy, schedule, progress, metadata and clean-up are the training harness's
+(`rmboost.training`, shared with `rmboost dpo`), including several processes:
+`accelerate launch -m rmboost.cli train-rm ...` (or `accelerate launch $(which rmboost) train-rm ...`)
+and the Trainer runs data-parallel on the same global batch. Before saving, the model is made
+loadable by plain transformers with the same scores (`rmboost.rm.portable`).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmboost.models import max_positions, resolve_model
+from rmboost.options import option
+from rmboost.rm.backbones import META_FILE, load_reward_model
 from rmboost.rm.data import (
     Mixture,
     PairFormatter,
@@ -32,150 +32,52 @@ from rmboost.rm.data import (
     read_pairs,
     tokenize_pairs,
 )
-
-META_FILE = "rmboost_rm.json"
+from rmboost.rm.evaluate import evaluate_scores
+from rmboost.rm.portable import make_portable
+from rmboost.rm.score import RewardScorer
+from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
 
 
 @dataclass
 class TrainRMConfig:
-    """Everything `train_rm` needs; the CLI fills it from flags (defaults: see docs/reward-models.md)."""
+    """Everything `train_rm` needs: `rmboost train-rm`'s flags and an experiment's `rm` section
+    (defaults: see docs/reward-models.md)."""
 
-    train: list[str]  # "FILE" or "FILE:WEIGHT"
-    output: Path
-    backbone: str = "minilm"
-    init: Path | None = None  # start from this checkpoint (e.g. an SFT model) instead of the backbone
-    validation: Path | None = None  # picks the best checkpoint (by validation accuracy)
-    prompt_field: str = "prompt"  # or a dotted path such as inputs.question, or "none"
-    template: str = "auto"  # auto, chat or pair (see PairFormatter)
-    max_length: int = 256
-    epochs: float = 2.0
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    grad_accum: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "cosine"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.98
-    weight_decay: float = 0.0
-    seed: int = 0
-    margin_field: str | None = None
-    center_rewards: float | None = None  # e.g. 0.01 (Eisenstein et al. 2023)
-    eval_steps: int | None = None  # evaluate every N steps instead of every epoch
-    select_metric: str = "accuracy"  # accuracy or loss, on the validation file
-    max_steps: int | None = None  # stop after N optimizer steps (smoke tests, benchmarks)
-    device: str = "auto"  # auto, cpu or cuda
-    bf16: bool | None = None  # None: by device (on for CUDA with bf16, off on CPU)
-    gradient_checkpointing: bool | None = None  # None: off (our backbones are small)
-    logging_steps: int = 10
-    keep_checkpoints: bool = False
-    show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # passed to RewardConfig as is
-
-
-def device_settings(device: str = "auto", bf16: bool | None = None, checkpointing: bool | None = None) -> dict[str, Any]:
-    """TrainingArguments by device.
-
-    TRL's configs default to bf16 autocast and gradient checkpointing. On a CPU both only cost:
-    bf16 autocast runs matmuls through slow conversion paths and checkpointing recomputes every
-    forward; together they made a MiniLM step about 16x slower here. So on CPU: float32, no
-    checkpointing. On CUDA: bf16 autocast where the GPU supports it (else fp16), and checkpointing
-    only when asked for (it saves memory, which 22M-135M backbones do not need).
-    """
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: use auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to PyTorch")
-    cuda = device != "cpu" and torch.cuda.is_available()
-    if cuda:
-        half_bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
-        return {
-            "use_cpu": False,
-            "bf16": half_bf16,
-            "fp16": bf16 is None and not half_bf16,
-            "gradient_checkpointing": bool(checkpointing),
-            "dataloader_pin_memory": True,
-        }
-    mps = device == "auto" and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    return {
-        "use_cpu": not mps,
-        "bf16": bool(bf16),
-        "fp16": False,
-        "gradient_checkpointing": bool(checkpointing),
-        "dataloader_pin_memory": False,
-    }
-
-
-def _log(console: Any, message: str) -> None:
-    if console is not None:
-        console.print(message, highlight=False)
-
-
-def _progress_callback(console: Any, show: bool) -> Any:
-    from transformers import TrainerCallback
-
-    class RichProgress(TrainerCallback):
-        """A progress bar plus one line per log/eval event, on the main process only."""
-
-        def __init__(self) -> None:
-            self.progress: Any = None
-            self.task: Any = None
-
-        def on_train_begin(self, args, state, control, **kw):
-            if not (show and state.is_world_process_zero):
-                return
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("training"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self.task = self.progress.add_task("train", total=state.max_steps)
-            self.progress.start()
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not (state.is_world_process_zero and logs) or console is None:
-                return
-            where = f"step {state.global_step}/{state.max_steps} · epoch {state.epoch or 0:.2f}"
-            if "loss" in logs:
-                line = (
-                    f"{where} · loss {logs['loss']:.4f} · acc {logs.get('accuracy', float('nan')):.3f} · "
-                    f"margin {logs.get('margin', float('nan')):.3f} · lr {logs.get('learning_rate', 0):.2e}"
-                )
-            elif "eval_loss" in logs:
-                line = (
-                    f"[bold]validation[/] {where} · loss {logs['eval_loss']:.4f} · "
-                    f"acc {logs.get('eval_accuracy', float('nan')):.3f}"
-                )
-            else:
-                return
-            (self.progress.console if self.progress is not None else console).print(line, highlight=False)
-
-        def on_train_end(self, args, state, control, **kw):
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichProgress()
+    train: list[str] = option(  # "FILE" or "FILE:WEIGHT"
+        flags=("--train", "-t"),
+        help="Pair file (.jsonl/.parquet/...), optionally FILE:WEIGHT for a mixture; repeatable.",
+    )
+    output: Path = option(flags=("--output", "-o"), help="Folder for the trained model.")
+    backbone: str = option("minilm", help="minilm (default, encoder), smollm2 (decoder), a checkpoint folder, a .gguf file or a Hub id.")
+    init: Path | None = option(None, help="Start from this checkpoint (e.g. an SFT model) instead of the backbone's weights.")
+    validation: Path | None = option(None, flags=("--validation", "-v"),
+                                     help="Pair file for picking the best checkpoint (never the test file).")
+    prompt_field: str = option("prompt", help="Prompt column; a dotted path reaches into dicts (inputs.question = QA-Feedback without passages); none = response only.")
+    template: str = option("auto", help="auto, chat (tokenizer's chat template) or pair ([CLS] prompt [SEP] response [SEP] / prompt + response + EOS).")
+    max_length: int = option(256, help="Tokens per (prompt, response); the prompt is cut from its end, the response kept whole.")
+    epochs: float = option(2.0)
+    learning_rate: float = option(3e-5, flags=("--learning-rate", "--lr"))
+    batch_size: int = option(16, help="Pairs per step over all processes (the global batch; each of N processes takes 1/N).")
+    grad_accum: int = option(1, help="Gradient accumulation steps.")
+    warmup_ratio: float = option(0.03, help="Linear warmup over this share of the steps.")
+    lr_scheduler: str = option("cosine", flags=("--scheduler",), help="Learning-rate schedule (transformers name).")
+    adam_beta1: float = option(0.9)
+    adam_beta2: float = option(0.98)
+    weight_decay: float = option(0.0)
+    seed: int = option(0, help="Seeds the head, the shuffling and the mixture.")
+    margin_field: str | None = option(None, flags=("--margin-column",), help="Column with a margin m: loss -log sigmoid(r+ - r- - m).")
+    center_rewards: float | None = option(None, help="Reward-centering coefficient (e.g. 0.01).")  # Eisenstein et al. 2023
+    eval_steps: int | None = option(None, help="Evaluate every N steps (default: every epoch).")
+    select_metric: str = option("accuracy", help="Validation metric that picks the checkpoint: accuracy or loss.")
+    max_steps: int | None = option(None, help="Stop after N optimizer steps.")
+    device: str = option("auto", help="auto, cpu or cuda.")
+    bf16: bool | None = option(None, flags=("--bf16/--no-bf16",), help="Default: on for CUDA with bf16, off on CPU.")
+    gradient_checkpointing: bool | None = option(
+        None, flags=("--gradient-checkpointing/--no-gradient-checkpointing",), help="Default: off.")
+    logging_steps: int = option(10, help="Print loss/accuracy every N steps.")
+    keep_checkpoints: bool = option(False, help="Keep the intermediate checkpoints folder.")
+    show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show a progress bar.")
+    extra: dict[str, Any] = option(default_factory=dict, cli=False)  # passed to RewardConfig as is
 
 
 def load_sources(cfg: TrainRMConfig) -> tuple[Mixture, list[Any]]:
@@ -192,66 +94,24 @@ def load_sources(cfg: TrainRMConfig) -> tuple[Mixture, list[Any]]:
 def _check(cfg: TrainRMConfig) -> None:
     if not cfg.train:
         raise ValueError("give at least one --train file")
-    for name, value in (("--epochs", cfg.epochs), ("--learning-rate", cfg.learning_rate)):
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be positive, got {value}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ValueError("--batch-size and --grad-accum must be at least 1")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ValueError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    check_schedule(cfg)
     if cfg.select_metric not in ("accuracy", "loss"):
         raise ValueError(f"--select-metric {cfg.select_metric!r}: use accuracy or loss")
-    if cfg.output.exists() and not cfg.output.is_dir():
-        raise ValueError(f"--output {cfg.output} exists and is not a folder")
 
 
-def schedule_arguments(cfg: Any, checkpoints: Path) -> dict[str, Any]:
-    """The TrainingArguments the reward-model and DPO trainers both take from their configs.
-
-    `cfg` has epochs, max_steps, batch_size, grad_accum, learning_rate, lr_scheduler,
-    warmup_ratio, seed and logging_steps (TrainRMConfig, DPOTrainConfig).
-    """
-    return {
-        "output_dir": str(checkpoints),
-        "num_train_epochs": cfg.epochs,
-        "max_steps": cfg.max_steps or -1,
-        "per_device_train_batch_size": cfg.batch_size,
-        "per_device_eval_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "learning_rate": cfg.learning_rate,
-        "lr_scheduler_type": cfg.lr_scheduler,
-        "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of the steps
-        "seed": cfg.seed,
-        "data_seed": cfg.seed,
-        "logging_steps": cfg.logging_steps,
-        "report_to": "none",
-    }
-
-
-def _reward_config(
-    config_cls: Any, cfg: TrainRMConfig, checkpoints: Path, strategy: str, has_val: bool, settings: dict[str, Any]
-) -> Any:
-    """TRL's RewardConfig for our options (device-dependent settings come from device_settings)."""
-    return config_cls(
-        **schedule_arguments(cfg, checkpoints),
-        adam_beta1=cfg.adam_beta1,
-        adam_beta2=cfg.adam_beta2,
-        weight_decay=cfg.weight_decay,
-        eval_strategy=strategy,
-        eval_steps=cfg.eval_steps,
-        save_strategy=strategy,
-        save_steps=cfg.eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
-        load_best_model_at_end=has_val,
-        metric_for_best_model=f"eval_{cfg.select_metric}" if has_val else None,
-        greater_is_better=cfg.select_metric == "accuracy",
-        max_length=None,  # already truncated by us; TRL would otherwise DROP longer pairs
-        center_rewards_coefficient=cfg.center_rewards,
-        disable_tqdm=False,
-        **settings,
-        **cfg.extra,
-    )
+def _log_line(logs: dict[str, Any], where: str) -> str | None:
+    """Training: loss, accuracy, margin, learning rate; validation: loss and accuracy."""
+    if "loss" in logs:
+        return (
+            f"{where} · loss {logs['loss']:.4f} · acc {logs.get('accuracy', float('nan')):.3f} · "
+            f"margin {logs.get('margin', float('nan')):.3f} · lr {logs.get('learning_rate', 0):.2e}"
+        )
+    if "eval_loss" in logs:
+        return (
+            f"[bold]validation[/] {where} · loss {logs['eval_loss']:.4f} · "
+            f"acc {logs.get('eval_accuracy', float('nan')):.3f}"
+        )
+    return None
 
 
 def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
@@ -260,31 +120,17 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
     Returns a summary: data composition, truncation counts, training loss/accuracy, throughput,
     and validation metrics of the saved model when a validation file was given.
     """
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the Hub otherwise
     _check(cfg)
-    started = time.perf_counter()
+    run = TrainingRun(cfg, console)
     mixture, val_pairs = load_sources(cfg)
 
     import datasets
-    from accelerate import PartialState
-    from transformers import PrinterCallback, ProgressCallback, set_seed
+    from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    from rmboost.rm.backbones import (
-        load_reward_model,
-        max_positions,
-        quiet_transformers,
-        resolve_backbone,
-    )
-
-    settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
-    state = PartialState(cpu=settings["use_cpu"])
-    main = state.is_main_process
-    say = (lambda m: _log(console, m)) if main else (lambda m: None)
-    say(f"training pairs: {len(mixture.pairs)} ({mixture.describe()})" + (f"; validation pairs: {len(val_pairs)}" if val_pairs else ""))
-
-    with state.main_process_first():  # one process converts/caches a GGUF backbone, the others wait
-        backbone = resolve_backbone(cfg.backbone, log=say)
+    run.say(f"training pairs: {len(mixture.pairs)} ({mixture.describe()})" + (f"; validation pairs: {len(val_pairs)}" if val_pairs else ""))
+    with run.main_process_first():
+        backbone = resolve_model(cfg.backbone, log=run.say)
     set_seed(cfg.seed)  # the fresh reward head is random: seed it before loading
     if cfg.init is not None:
         if not Path(cfg.init).is_dir():
@@ -301,7 +147,7 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
     with_margin = cfg.margin_field is not None
     train_tok = tokenize_pairs(mixture.pairs, formatter, with_margin)
     val_tok = tokenize_pairs(val_pairs, formatter, with_margin) if val_pairs else None
-    say(
+    run.say(
         f"backbone: {cfg.init or cfg.backbone} ({type(model).__name__}, template {formatter.template}, "
         f"max length {cfg.max_length}); {train_tok.mean_tokens:.0f} tokens per sequence on average; "
         f"truncated: {train_tok.prompt_cut} prompts, {train_tok.response_cut} responses "
@@ -310,11 +156,25 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
 
     has_val = val_tok is not None
     strategy = ("steps" if cfg.eval_steps else "epoch") if has_val else "no"
-    checkpoints = cfg.output / "checkpoints"
-    with warnings.catch_warnings():
-        # transformers 5 renamed gradient_checkpointing; TRL's config still sets the old name.
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
-        args = _reward_config(RewardConfig, cfg, checkpoints, strategy, has_val, settings)
+    args = run.arguments(
+        RewardConfig,
+        cfg,
+        adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2,
+        weight_decay=cfg.weight_decay,
+        eval_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_strategy=strategy,
+        save_steps=cfg.eval_steps,
+        save_total_limit=1,
+        save_only_model=True,
+        load_best_model_at_end=has_val,
+        metric_for_best_model=f"eval_{cfg.select_metric}" if has_val else None,
+        greater_is_better=cfg.select_metric == "accuracy",
+        max_length=None,  # already truncated by us; TRL would otherwise DROP longer pairs
+        center_rewards_coefficient=cfg.center_rewards,
+        disable_tqdm=False,
+    )
     trainer = RewardTrainer(
         model=model,
         args=args,
@@ -322,27 +182,18 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         eval_dataset=datasets.Dataset.from_list(val_tok.rows) if has_val else None,
         processing_class=tokenizer,
     )
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(_progress_callback(console, cfg.show_progress))
-
-    with quiet_transformers():  # no per-checkpoint "Writing model shards" bars under ours
-        result = trainer.train()
-    history = trainer.state.log_history
-    train_logs = [h for h in history if "loss" in h]
+    result = run.fit(trainer, _log_line, cfg.show_progress)
+    train_logs = logged(trainer, "loss")
     evals = [
         {"step": h["step"], "epoch": round(h.get("epoch", 0), 3), "loss": h["eval_loss"], "accuracy": h.get("eval_accuracy")}
-        for h in history
-        if "eval_loss" in h
+        for h in logged(trainer, "eval_loss")
     ]
     summary: dict[str, Any] = {
         "output": str(cfg.output),
         "backbone": cfg.backbone,
         "init": str(cfg.init) if cfg.init else None,
         "model_class": type(trainer.model).__name__,
-        "device": str(args.device),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "gradient_checkpointing": args.gradient_checkpointing,
+        **hardware(args),
         "pairs": len(mixture.pairs),
         "mixture": [
             {"file": str(p.path), "weight": p.weight, "rows": p.available, "used": p.used} for p in mixture.parts
@@ -350,62 +201,19 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         "validation_pairs": len(val_pairs),
         "truncated": {"prompts": train_tok.prompt_cut, "responses": train_tok.response_cut},
         "mean_tokens": round(train_tok.mean_tokens, 1),
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0, 3),
-        "train_loss": result.training_loss,
+        **loop_totals(trainer, result),
         "last_logged": {k: train_logs[-1].get(k) for k in ("loss", "accuracy", "margin")} if train_logs else {},
-        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
-        "train_pairs_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 3),
+        **throughput(result, "pairs"),
         "validation_history": evals,
         "best_checkpoint": trainer.state.best_model_checkpoint,
     }
 
-    if main:
-        cfg.output.mkdir(parents=True, exist_ok=True)
-    with quiet_transformers():
-        trainer.save_model(str(cfg.output))
-    if has_val and main:
-        from rmboost.rm.evaluate import evaluate_scores
-        from rmboost.rm.score import RewardScorer
-
+    make_portable(trainer.model)  # loads and scores the same with plain transformers
+    run.save(trainer, cfg.output)
+    if has_val and run.main:
         scorer = RewardScorer.from_model(trainer.model, tokenizer, formatter, batch_size=max(8, cfg.batch_size))
         chosen, rejected = scorer.score_pairs(val_pairs)
         summary["validation"] = evaluate_scores(val_pairs, chosen, rejected, resamples=1000, seed=cfg.seed)
-    if main:
-        summary["wall_seconds"] = round(time.perf_counter() - started, 1)
-        meta = {
-            "format": {
-                "prompt_field": cfg.prompt_field,
-                "max_length": cfg.max_length,
-                "template": formatter.template,
-            },
-            "config": _jsonable(asdict(cfg)),
-            "summary": summary,
-        }
-        (cfg.output / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        if not cfg.keep_checkpoints and checkpoints.exists():
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        for stray in ("training_args.bin",):
-            (cfg.output / stray).unlink(missing_ok=True)
+    fmt = {"prompt_field": cfg.prompt_field, "max_length": cfg.max_length, "template": formatter.template}
+    run.finish(cfg, META_FILE, {"format": fmt}, summary, keep_checkpoints=cfg.keep_checkpoints)
     return summary
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """The rmboost_rm.json saved beside a trained model ({} for a model trained elsewhere)."""
-    path = Path(model_dir) / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc

@@ -1,0 +1,88 @@
+"""`rmboost power`: how many test pairs, questions and seeds a comparison of two reward models needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from rmboost import options
+from rmboost.cli_support import USER_ERRORS, fail, out
+from rmboost.options import at_least, option, reuse
+from rmboost.power import Design
+
+
+def as_share(x: float) -> float:
+    """An accuracy given as 0.6 or as 60 (percent), as a share."""
+    return x / 100 if x > 1 else x
+
+
+def accuracy_check(x: float) -> str | None:
+    return None if 0 < as_share(x) < 1 else f"must be a share in (0, 1) or a percentage, got {x:g}"
+
+
+@dataclass
+class PowerOptions:
+    """`rmboost power`'s flags. Accuracies may be shares or percentages; differences and SDs are points."""
+
+    accuracy: float = option(0.6, check=accuracy_check, help="Accuracy of the models compared (0.6 or 60).")
+    difference: list[float] | None = option(None, flags=("--difference", "-d"), help="Difference to detect, in points; repeatable (default 1, 2, 3).")
+    pairs: int | None = option(None, check=at_least(1), help="Test pairs you have: the seeds column and the detectable difference use it.")
+    pairs_per_question: float | None = option(None, check=at_least(1), help="Test pairs per question (prompt); 1 = independent pairs.")
+    questions: int | None = option(None, check=at_least(1), help="Questions in your test set (with --pairs: sets pairs per question).")
+    test: Path | None = option(None, help="A pair file: pairs and pairs per question (its `group` column) from it.")
+    icc: float = reuse(Design, "icc")
+    seeds: int = reuse(Design, "seeds")
+    seed_sd: float = option(0.0, check=at_least(0), help="SD of one model's accuracy over seeds, in points.")
+    discordance: float | None = option(None, help="Share of pairs the two models disagree on (default: independent errors, 2p(1-p)).")
+    alpha: float = reuse(Design, "alpha")
+    power: float = reuse(Design, "power")
+
+
+@options.command(PowerOptions)
+def power(opts: PowerOptions) -> None:
+    """Test pairs, questions and seeds needed to detect a difference between two reward models."""
+    from rmboost.power import plan
+
+    p = as_share(opts.accuracy)
+    pairs, questions, m = opts.pairs, opts.questions, opts.pairs_per_question
+    try:
+        if opts.test is not None:
+            from rmboost.rm.data import read_pairs
+            from rmboost.rm.evaluate import resampling_units
+            from rmboost.stats import cluster_size
+
+            rows = read_pairs(opts.test, "none")
+            unit, n_units, _ = resampling_units(rows)
+            pairs, questions, m = pairs or len(rows), n_units, cluster_size(unit, n_units)
+        elif m is None:
+            m = pairs / questions if pairs and questions else 1.0
+        design = Design(pairs=pairs or 1, pairs_per_question=m, icc=opts.icc, seeds=opts.seeds,
+                        seed_sd=opts.seed_sd / 100, alpha=opts.alpha, power=opts.power)
+        result = plan([d / 100 for d in (opts.difference or [1.0, 2.0, 3.0])], p, design, opts.discordance)
+    except USER_ERRORS as exc:
+        raise fail(str(exc)) from None
+    q = result["discordance"]
+    out.print(
+        f"assumptions: accuracy {100 * p:.1f}%; the two models disagree on {100 * q:.1f}% of pairs"
+        f"{' (independent errors; --discordance)' if result['discordance_assumed_independent'] else ''}; "
+        f"{m:.2f} pairs per question, ICC {opts.icc:.2f} -> design effect {design.design_effect:.2f}; "
+        f"{opts.seeds} seed(s) per model, seed SD {opts.seed_sd:.1f} points; {opts.alpha:.0%} two-sided, "
+        f"{opts.power:.0%} power",
+        highlight=False,
+    )
+    table = Table(title="to detect a paired difference between two reward models")
+    for col in ("difference", "test pairs", "questions", f"seeds per model at {pairs} pairs" if pairs else "seeds"):
+        table.add_column(col, justify="right")
+    for row in result["rows"]:
+        table.add_row(
+            f"{100 * row['difference']:g} point{'' if round(100 * row['difference'], 9) == 1 else 's'}",
+            "no number (seed noise too large)" if row["pairs"] is None else f"{row['pairs']:,}",
+            "-" if row["questions"] is None else f"{row['questions']:,}",
+            ("no number (test set too small)" if row["seeds_at_pairs"] is None else str(row["seeds_at_pairs"])) if pairs else "-",
+        )
+    out.print(table)
+    if pairs:
+        out.print(f"with {pairs:,} pairs ({questions or design.questions:,.0f} questions) and {opts.seeds} seed(s): "
+                  f"smallest detectable difference {100 * result['mdd']:.1f} points", highlight=False)
