@@ -4,9 +4,9 @@ Prints pairs/min, prompts/min and tokens/s (in and out) for:
 
   (a) the embedded llamacpp backend (SmolLM2-135M-Instruct in this process);
   (b) the openai backend against a real `llama_cpp.server` on loopback, at each --concurrency;
-  (c) a bare client loop: plain `openai.AsyncOpenAI`, the same concurrency, replaying exactly
-      the requests (b) sent (recorded at the SDK call, so byte-for-byte the same JSON), with no
-      cache, no parsing, no rmboost.
+  (c) a bare client loop: a plain aiohttp session, the same concurrency, replaying exactly
+      the request bodies (b) sent (recorded at its HTTP client, byte for byte), with no cache,
+      no parsing, no rmboost.
 
 (b) wall / (c) wall is rmboost's overhead. Every run has a fresh, empty request cache, and the
 server is restarted before every (b) and (c) run, so no run inherits another's KV cache.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import io
 import json
 import os
@@ -39,7 +38,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import openai
 from rich.console import Console
 
 from rmboost.backends import BackendOptions
@@ -55,7 +53,7 @@ MODEL_ALIAS = "smollm2"
 class Result:
     """One measured run."""
 
-    name: str  # "embedded", "rmboost-openai", "bare-openai"
+    name: str  # "embedded", "rmboost-openai", "bare-aiohttp"
     concurrency: int
     requests: int
     prompts: int
@@ -83,23 +81,23 @@ class Result:
 
 
 class RecordingOpenAIBackend(OpenAIBackend):
-    """The real openai backend, noting the exact keyword arguments of every SDK call it makes.
+    """The real openai backend, noting the exact bytes of every chat request it sends.
 
-    Wraps the SDK method on the instance (a private attribute: acceptable in a benchmark,
-    and the only way to replay byte-identical requests without copying the backend's logic).
+    Wraps the backend's HTTP client on the instance (a private attribute: acceptable in a
+    benchmark, and the only way to replay byte-identical requests without copying its logic).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.sent: list[dict[str, Any]] = []
-        completions = self._client.chat.completions
-        create = completions.create
+        self.sent: list[bytes] = []
+        request = self._http.request
 
-        async def recording_create(**request: Any) -> Any:
-            self.sent.append(copy.deepcopy(request))
-            return await create(**request)
+        async def recording_request(method: str, url: str, body: bytes = b"") -> Any:
+            if method == "POST":
+                self.sent.append(body)
+            return await request(method, url, body)
 
-        completions.create = recording_create  # type: ignore[method-assign]
+        self._http.request = recording_request  # type: ignore[method-assign]
 
 
 def _config(args: argparse.Namespace, out_dir: Path, concurrency: int, backend: str) -> GenerateConfig:
@@ -154,9 +152,9 @@ async def bench_embedded(args: argparse.Namespace) -> Result:
 
 async def bench_rmboost_openai(
     base_url: str, args: argparse.Namespace, concurrency: int
-) -> tuple[Result, list[dict[str, Any]]]:
+) -> tuple[Result, list[bytes]]:
     """(b): returns the result and the requests it sent, in the order it sent them."""
-    backend = RecordingOpenAIBackend(base_url, MODEL_ALIAS, timeout=600.0)
+    backend = RecordingOpenAIBackend(base_url, MODEL_ALIAS, timeout=600.0, max_in_flight=concurrency)
     with tempfile.TemporaryDirectory(prefix="bench-openai-") as tmp:
         cfg = _config(args, Path(tmp), concurrency, "openai")
         summary, wall, cpu = await _timed_generate(cfg, backend)
@@ -164,31 +162,35 @@ async def bench_rmboost_openai(
 
 
 async def bench_bare(
-    base_url: str, requests: list[dict[str, Any]], concurrency: int, prompts: int, pairs: int
+    base_url: str, requests: list[bytes], concurrency: int, prompts: int, pairs: int
 ) -> Result:
-    """(c): the same requests through a plain AsyncOpenAI client and `concurrency` workers."""
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0, timeout=600.0)
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    """(c): the same request bodies through a bare aiohttp session and `concurrency` workers."""
+    import aiohttp
+
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
     for request in requests:
         queue.put_nowait(request)
     tokens = [0, 0]
+    headers = {"Content-Type": "application/json"}
+    url = base_url.rstrip("/") + "/chat/completions"
 
-    async def worker() -> None:
-        while not queue.empty():
-            request = queue.get_nowait()
-            response = await client.chat.completions.create(**request)
-            if response.usage:
-                tokens[0] += response.usage.prompt_tokens
-                tokens[1] += response.usage.completion_tokens
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), headers=headers, timeout=aiohttp.ClientTimeout(total=600)
+    ) as session:
 
-    try:
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                async with session.post(url, data=body) as response:
+                    usage = json.loads(await response.read()).get("usage") or {}
+                tokens[0] += usage.get("prompt_tokens", 0)
+                tokens[1] += usage.get("completion_tokens", 0)
+
         started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    finally:
-        await client.close()
     # The bare loop makes the answers but parses nothing: it is credited with (b)'s pairs.
-    return Result("bare-openai", concurrency, len(requests), prompts, pairs, wall, tokens[0], tokens[1], cpu)
+    return Result("bare-aiohttp", concurrency, len(requests), prompts, pairs, wall, tokens[0], tokens[1], cpu)
 
 
 def _with_server(args: argparse.Namespace, run: Callable[[str], Awaitable[Any]]) -> Any:
@@ -217,7 +219,7 @@ def print_table(results: list[Result]) -> None:
     )
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in results:
-        ratio = f"{rmboost_wall[r.concurrency] / r.wall_s:.3f}" if r.name == "bare-openai" else ""
+        ratio = f"{rmboost_wall[r.concurrency] / r.wall_s:.3f}" if r.name == "bare-aiohttp" else ""
         # In-process decoding burns this process's CPU: not comparable with the HTTP runs.
         cpu_ms = "" if r.name == "embedded" else f"{1000 * r.client_cpu_s / max(1, r.requests):.1f}"
         print(

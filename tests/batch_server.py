@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmboost.llm.chat_format import completion_body
+
 MODEL = "scripted-model"
 DEFAULTS = {"polls": 2, "expire": 0, "flaky": 0, "reject": None, "api_key": None}
 
@@ -66,14 +68,9 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
     if messages and messages[-1]["role"] == "assistant":  # a prefill: continue it
         messages = messages[:-1]
     text = answer(messages, body.get("seed"))
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
-        "model": body.get("model", MODEL),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                     "logprobs": None}],
-        "usage": {"prompt_tokens": len(json.dumps(messages)) // 4, "completion_tokens": len(text) // 4,
-                  "total_tokens": len(json.dumps(messages)) // 4 + len(text) // 4},
-    }
+    tokens_in = len(json.dumps(messages)) // 4
+    return completion_body(text, body.get("model", MODEL), tokens_in=tokens_in, tokens_out=len(text) // 4,
+                           id=f"chatcmpl-{uuid.uuid4().hex[:12]}")
 
 
 # --------------------------------------------------------------------------- state on disk

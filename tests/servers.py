@@ -7,7 +7,10 @@ Two kinds, both bound to 127.0.0.1 only and always stopped by their context mana
 * `ScriptedServer`: a tiny threaded `http.server` answering chat requests from a script
   (429 with Retry-After, 5xx, dropped connections, slow answers, then a valid completion), for
   the failure paths a real model server cannot be made to produce on demand; with `reply`, a
-  fast stand-in model whose answers depend on the request (the experiment's kill/resume test).
+  fast stand-in model whose answers depend on the request (the experiment's kill/resume test);
+  with `tls`, over https.
+* `fake_openai_server`: benchmarks/fake_openai_server.py in its own process, the fast server the
+  client benchmark uses: hundreds of requests in flight, 429 bursts, failing or dying on cue.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import itertools
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from rmboost.llm.chat_format import completion_body
 
 LOOPBACK = "127.0.0.1"
 
@@ -202,21 +208,8 @@ SCRIPTED_USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 1
 
 
 def chat_completion_body(text: str = SCRIPTED_TEXT) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-scripted",
-        "object": "chat.completion",
-        "created": 0,
-        "model": SCRIPTED_MODEL,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-        ],
-        "usage": dict(SCRIPTED_USAGE),
-    }
+    return completion_body(text, SCRIPTED_MODEL, tokens_in=SCRIPTED_USAGE["prompt_tokens"],
+                           tokens_out=SCRIPTED_USAGE["completion_tokens"], id="chatcmpl-scripted")
 
 
 @dataclass
@@ -238,6 +231,7 @@ class ScriptedServer:
         script: list[Step] | None = None,
         default: Step | None = None,
         reply: Callable[[dict[str, Any]], str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.script = list(script or [])
         self.default = default or ok()
@@ -246,8 +240,10 @@ class ScriptedServer:
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._httpd.request_queue_size = 128
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
         self.port = int(self._httpd.server_address[1])
-        self.base_url = f"http://{LOOPBACK}:{self.port}/v1"
+        self.base_url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> ScriptedServer:
@@ -322,6 +318,48 @@ class ScriptedServer:
         return Handler
 
 
+# --------------------------------------------------------------------------- fast fake server
+
+FAKE_SERVER = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_openai_server.py"
+FAKE_MODEL = "fake-model"
+
+
+@dataclass
+class FakeServer:
+    """benchmarks/fake_openai_server.py running in its own process."""
+
+    base_url: str  # http://127.0.0.1:PORT/v1
+    process: subprocess.Popen[str]
+    port: int
+
+    def stats(self) -> dict[str, Any]:
+        """The server's own counters: requests, answered, errors, max_in_flight, cpu_s."""
+        return httpx.get(f"http://{LOOPBACK}:{self.port}/stats", timeout=30, trust_env=False).json()
+
+
+@contextlib.contextmanager
+def fake_openai_server(*args: str, port: int = 0) -> Iterator[FakeServer]:
+    """Start the fake server with its command-line options (see its docstring); stop it on exit."""
+    cmd = [sys.executable, str(FAKE_SERVER), "--port", str(port), "--model", FAKE_MODEL, *args]
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors, text=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )  # fmt: skip
+        try:
+            line = process.stdout.readline() if process.stdout else ""
+            if not line.startswith("listening "):
+                process.wait(timeout=10)
+                errors.seek(0)
+                raise RuntimeError(f"the fake server did not start ({line!r}): {errors.read()[-2000:]}")
+            base_url = line.split()[1]
+            yield FakeServer(base_url, process, int(base_url.rsplit(":", 1)[1].split("/")[0]))
+        finally:
+            _stop(process)  # type: ignore[arg-type]
+            if process.stdout:
+                process.stdout.close()
+
+
 def key_in_files(root: Path, secret: str) -> list[Path]:
     """Every file under `root` whose bytes contain `secret` (binary files such as SQLite included)."""
     needle = secret.encode("utf-8")
@@ -329,14 +367,17 @@ def key_in_files(root: Path, secret: str) -> list[Path]:
 
 
 __all__ = [
+    "FAKE_MODEL",
     "LOOPBACK",
     "SCRIPTED_MODEL",
     "SCRIPTED_TEXT",
     "SCRIPTED_USAGE",
+    "FakeServer",
     "LlamaServer",
     "ScriptedServer",
     "Step",
     "drop",
+    "fake_openai_server",
     "free_port",
     "key_in_files",
     "llama_server",

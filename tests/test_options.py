@@ -67,6 +67,46 @@ def test_flags_groups_and_parsing_build_the_config():
     assert Outer(path=Path("p")).other.mode == "b"  # a group's own default applies outside the CLI too
 
 
+@dataclass
+class Urls:
+    url: str | list[str] | None = option(None, help="One or several URLs.")
+    tags: list[str] = option(default_factory=list, help="Tags.")
+
+
+def test_a_list_field_is_a_repeatable_flag_and_one_value_stays_single():
+    assert _built(Urls) == Urls()
+    assert _built(Urls, "--url", "a") == Urls(url="a")  # given once: the single value, as in YAML
+    assert _built(Urls, "--url", "a", "--url", "b", "--tags", "x") == Urls(url=["a", "b"], tags=["x"])
+    assert options.load(Urls, {"url": "a"}, "s") == Urls(url="a")
+    assert options.load(Urls, {"url": ["a", "b"]}, "s") == Urls(url=["a", "b"])
+    with pytest.raises(OptionError, match=r"s.url: expected str \| list\[str\], got \['a', 3\]"):
+        options.load(Urls, {"url": ["a", 3]}, "s")
+
+
+def test_generate_takes_base_url_once_or_per_replica(tmp_path, monkeypatch):
+    import rmboost.generate as generate_module
+
+    seen: list[Any] = []
+
+    async def fake_run(cfg: Any, console: Any) -> Any:
+        seen.append(cfg.backend)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(generate_module, "run_generate", fake_run)
+    base = ["generate", "-o", str(tmp_path / "o.jsonl"), "--backend", "openai", "--model", "m"]
+    runner.invoke(app, [*base, "--base-url", "http://a/v1"])
+    runner.invoke(app, [*base, "--base-url", "http://a/v1", "--base-url", "http://b/v1", "--cache-identity", "dep",
+                        "--breaker-failures", "7", "--breaker-seconds", "0"])
+    assert seen[0].base_url == "http://a/v1" and seen[0].breaker_failures == 50
+    assert (seen[1].base_url, seen[1].cache_identity, seen[1].breaker_failures, seen[1].breaker_seconds) == (
+        ["http://a/v1", "http://b/v1"], "dep", 7, 0.0)
+    bad = runner.invoke(app, [*base, "--base-url", "http://a/v1", "--base-url", "node2:8000/v1"])
+    assert bad.exit_code == 2 and "--base-url must be an http:// or https:// URL, got 'node2:8000/v1'" in bad.output
+    negative = runner.invoke(app, [*base, "--base-url", "http://a/v1", "--breaker-failures", "-1"])
+    assert negative.exit_code == 2 and "--breaker-failures must be >= 0" in negative.output
+    assert len(seen) == 2
+
+
 def test_help_shows_per_command_help_and_defaults():
     result = runner.invoke(_app(Outer, []), ["append", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -189,6 +229,32 @@ def test_judge_connection_fields_override_the_generators():
     assert (local.backend, local.model, local.base_url, local.timeout) == ("llamacpp", None, None, 5.0)
 
 
+def test_the_generators_deployment_name_stays_with_the_generators_endpoint():
+    from rmboost.methods.judge import JudgeOptions
+
+    gen = BackendOptions(backend="openai", model="big", base_url=["http://a/v1", "http://b/v1"],
+                         cache_identity="big-2024", breaker_failures=9)
+    same_servers = JudgeOptions(model="big", mode="logprobs").connection(gen)
+    assert (same_servers.base_url, same_servers.cache_identity) == (gen.base_url, "big-2024")
+    own = JudgeOptions(base_url="http://judge/v1").connection(gen)
+    assert (own.base_url, own.cache_identity, own.breaker_failures) == ("http://judge/v1", None, 9)
+    assert JudgeOptions(backend="llamacpp").connection(gen).cache_identity is None
+
+
+def test_experiment_generator_takes_one_url_or_replicas(tmp_path):
+    from rmboost.experiment.config import ConfigError
+    from rmboost.experiment.generation import generator_backend
+
+    one = _experiment(tmp_path, generator={"backend": "openai", "model": "m", "base_url": "http://a/v1"})
+    assert generator_backend(one).base_url == "http://a/v1"
+    many = _experiment(tmp_path, generator={"backend": "openai", "model": "m", "cache_identity": "d",
+                                            "base_url": ["http://a/v1", "http://b/v1"]})
+    assert (generator_backend(many).base_url, generator_backend(many).cache_identity) == (
+        ["http://a/v1", "http://b/v1"], "d")
+    with pytest.raises(ConfigError, match=r"generator\.base_url must be an http:// or https:// URL, got 'a:1'"):
+        _experiment(tmp_path, generator={"backend": "openai", "model": "m", "base_url": ["http://a/v1", "a:1"]})
+
+
 def _experiment(tmp_path: Path, **sections: Any) -> Any:
     from rmboost.experiment import load_config
 
@@ -212,7 +278,7 @@ def test_experiment_judge_model_without_backend_is_used(tmp_path, monkeypatch):
     gcfg = generate_config(cfg, Variant("rlaif", "rlaif"), prompts, tmp_path)
     built: list[BackendOptions] = []
 
-    def fake_make_backend(opts: BackendOptions) -> ScriptedBackend:
+    def fake_make_backend(opts: BackendOptions, concurrency: int | None = None) -> ScriptedBackend:
         built.append(opts)
         return ScriptedBackend(lambda m, p: "<decision>first</decision>", model=opts.model or "")
 

@@ -109,7 +109,7 @@ class FilterOptions:
     backend: BackendOptions = group(BackendOptions, only=CONNECTION, help={
         "backend": "Judge backend: llamacpp or openai.",
         "model": "Judge model name (openai) or GGUF path.",
-        "base_url": "Judge endpoint (openai).",
+        "base_url": "Judge endpoint (openai); repeat for replicas of one model.",
         "api_key_env": "Environment variable with the API key.",
     })
     judge: JudgeOptions = group(JudgeOptions, prefix="judge_", only=("mode", "temperature", "margin"))

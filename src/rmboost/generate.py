@@ -239,7 +239,8 @@ async def _run_job(
     run_stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     written = judged = 0
     progress = JobProgress(total=todo, usage=llm.usage, console=console, enabled=cfg.show_progress,
-                           extra=runner.status_line if runner else None)
+                           status=[show for show in (getattr(backend, "load_status", None),
+                                                     runner.status_line if runner else None) if show])
     if runner is not None:
         runner.on_update = progress.refresh
     # Batch mode: many prompts in flight, so that a round holds many requests.
@@ -351,7 +352,7 @@ def job_backends(
         backend = backend or command_backend(cfg.backend)
         if needs_judge(cfg):
             judge_backend = judge_backend or command_backend(cfg.judge.connection(cfg.backend))
-    return backend or make_backend(cfg.backend), judge_backend
+    return backend or make_backend(cfg.backend, concurrency=cfg.concurrency), judge_backend
 
 
 def _make_scorer(cfg: GenerateConfig, task: TaskSpec, judge: Judge | None) -> Any:

@@ -9,6 +9,8 @@ BackendOptions, ...), declared with `option()`. From those fields:
   dataclass declared with `group()` becomes that dataclass's flags, optionally with a prefix
   (`judge_` makes `JudgeOptions.mode` the flag `--judge-mode`); a field whose declared flag is
   the prefix itself is the group's switch (`BatchOptions.enabled` is `--batch`).
+  A field that takes a list (`base_url: str | list[str] | None`) is a repeatable flag
+  (`--base-url a --base-url b`); given once, such a field gets the single value.
 - `load()` / `check_settings()` check a YAML mapping against the same fields: unknown keys (with
   a did-you-mean hint), types and choices, each error naming the key path.
 
@@ -237,10 +239,23 @@ def _matches(value: Any, tp: Any) -> bool:
     if origin is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if origin in (list, tuple):
-        return isinstance(value, list)
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return isinstance(value, list) and (len(args) != 1 or all(_matches(v, args[0]) for v in value))
     if origin is dict or dataclasses.is_dataclass(origin):
         return isinstance(value, dict)
     return isinstance(origin, type) and isinstance(value, origin)
+
+
+def _repeated(tp: Any) -> Any:
+    """The `list[X]` member of a field's type (`str | list[str] | None`): a repeatable flag."""
+    return next((m for m in _members(tp) if typing.get_origin(m) is list), None)
+
+
+def _one_or_many(values: list[Any], s: Setting) -> Any:
+    """A repeatable flag's values: one, when the field also takes a single value
+    (`str | list[str]`) -> that value; else the list."""
+    single = typing.get_args(_repeated(s.type))[0]
+    return values[0] if len(values) == 1 and single in _members(s.type) else list(values)
 
 
 def check_value(value: Any, s: Setting, where: str) -> None:
@@ -351,6 +366,8 @@ def _cli_params(cls: type, prefix: str = "", path: tuple[str, ...] = (), spec: S
         help_text = outer.helps.get(s.name, s.spec.help)
         if s.spec.cli_type is not None:
             annotation, default = s.spec.cli_type, s.spec.cli_default
+        elif (many := _repeated(s.type)) is not None:  # given several times: --base-url a --base-url b
+            annotation, default = many | None, None
         else:
             annotation = s.type
             default = outer.defaults.get(s.name, s.default())
@@ -378,6 +395,10 @@ def _build(cls: type[T], values: dict[str, Any], params: list[_Param], groups: l
         value = values[p.name]
         if p.setting.spec.parse is not None:
             value = p.setting.default() if value is None else p.setting.spec.parse(value)
+        elif p.setting.spec.cli_type is None and _repeated(p.setting.type) is not None:
+            if not value:  # not given: the field's (or the group's) default
+                continue
+            value = _one_or_many(value, p.setting)
         check_choice(value, p.setting, p.flag)
         tree[p.path[:-1]][p.path[-1]] = value
     for g in reversed(groups):  # innermost first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
@@ -30,7 +30,9 @@ class JobProgress:
     label: str = "pairs"
     enabled: bool = True
     log_every: float = 15.0
-    extra: Callable[[], str] | None = None  # more to show, e.g. batch mode's round and batch states
+    # More to show, each a short text ('' for nothing now): the openai backend's in-flight limit
+    # and replicas, batch mode's round and batch states.
+    status: Sequence[Callable[[], str]] = ()
     done: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     _start: float = field(default_factory=time.monotonic)
@@ -83,11 +85,9 @@ class JobProgress:
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = self.done / elapsed * 60
         tin, tout = self.usage.total("tokens_in"), self.usage.total("tokens_out")
-        extra = f" | {self.extra()}" if self.extra else ""
-        return (
-            f"failed {sum(self.failures.values())} | tokens in {tin:,} out {tout:,} | "
-            f"{rate:.1f} {self.label}/min{extra}"
-        )
+        parts = [f"failed {sum(self.failures.values())}", f"tokens in {tin:,} out {tout:,}",
+                 f"{rate:.1f} {self.label}/min"]
+        return " | ".join(parts + [text for show in self.status if (text := show())])
 
     def _log(self) -> None:
         self._last_log = time.monotonic()

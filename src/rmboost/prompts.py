@@ -24,6 +24,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
     keep_trailing_newline=False,
+    auto_reload=False,  # the packaged templates do not change under a running job (saves a stat per render)
 )
 
 

@@ -62,8 +62,15 @@ def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
     ident["judge"] = {"backend": asdict(judge.connection(gcfg.backend)) if judge.own_connection() else None,
                       **{k: v for k, v in ident["judge"].items() if k not in CONNECTION}}
     for options in (ident["backend"], ident["judge"]["backend"] or {}):
-        for detail in ("timeout", "max_retries", "requests_per_minute", "tokens_per_minute", "threads"):
+        for detail in ("timeout", "max_retries", "requests_per_minute", "tokens_per_minute", "threads",
+                       "breaker_failures", "breaker_seconds"):
             options.pop(detail, None)  # how requests are made, not what they answer
+        if options.get("cache_identity") is None:  # as the request cache keys it: a named deployment,
+            options.pop("cache_identity", None)  # else the URL or the set of replica URLs
+        else:
+            options.pop("base_url", None)
+        if isinstance(options.get("base_url"), list):
+            options["base_url"] = sorted(options["base_url"])
     return json.loads(json.dumps(ident, default=str))
 
 

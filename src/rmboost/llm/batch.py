@@ -130,13 +130,16 @@ class BatchRunner:
         """Send `llm`'s uncached requests through this runner; `backend` is its BackendOptions."""
         opts = self.options
         if opts.transport == "openai":
-            if backend.backend != "openai" or not backend.base_url:
+            urls = [backend.base_url] if isinstance(backend.base_url, str) else list(backend.base_url or ())
+            if backend.backend != "openai" or not urls:
                 raise ValueError(
                     "--batch with the openai transport needs --backend openai --base-url URL (an endpoint "
                     "with the Files and Batches API); for vLLM's offline runner use --batch-transport command"
                 )
+            if len(urls) > 1:
+                raise ValueError(f"--batch sends its files to one endpoint; give --base-url once, not {len(urls)} times")
             transport: BatchTransport = OpenAIBatchTransport(
-                backend.base_url, self.workdir, api_key_env=backend.api_key_env,
+                urls[0], self.workdir, api_key_env=backend.api_key_env,
                 completion_window=opts.completion_window, timeout=backend.timeout, max_retries=backend.max_retries,
             )
         else:

@@ -1,11 +1,22 @@
 """A persistent per-request cache, so that a re-run or a resumed job never pays for an answer twice.
 
-One SQLite row per request, written the moment the answer arrives (WAL mode, committed per row).
-The key is a hash of everything that determines the answer; secrets never enter it.
+One SQLite row per request (WAL mode). The key is a hash of everything that determines the
+answer; secrets never enter it. The request's canonical JSON is both what is hashed and what
+is stored, so it is serialised once.
+
+Answers are committed as they arrive: `store` queues the row and commits every row queued in
+the same event-loop tick in one transaction (one commit per tick instead of one per answer, the
+larger part of the cache's cost at hundreds of answers a second), and returns only once its row
+is committed. So nothing is ever built on an answer that is not on disk: no pair is written and
+no follow-up request is sent for it before its row is. A kill -9 can lose only answers whose
+bytes arrived in the last tick and were not committed yet, as a per-answer commit could lose
+the one answer being written.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +26,51 @@ from pathlib import Path
 from typing import Any
 
 from rmboost.llm.types import Completion, Message, SamplingParams
+
+_INSERT = "INSERT OR REPLACE INTO requests (key, request, response, created) VALUES (?, ?, ?, ?)"
+
+
+def messages_json(messages: list[Message]) -> str:
+    """The canonical JSON of a message list (sorted keys, compact), encoded once per request:
+    the cache key and the HTTP body both embed it, and it is the larger part of both."""
+    return _messages_json(tuple(tuple(m.items()) for m in messages))
+
+
+@functools.lru_cache(maxsize=256)  # the key and the body of one request are made moments apart
+def _messages_json(frozen: tuple[tuple[tuple[str, str], ...], ...]) -> str:
+    return canonical([dict(m) for m in frozen])
+
+
+def canonical(value: Any) -> str:
+    """JSON with sorted keys, no spaces, UTF-8 text unescaped: the form cache keys hash."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def request_blob(
+    identity: dict[str, Any],
+    messages: list[Message],
+    params: SamplingParams,
+    sample_index: int,
+) -> str:
+    """The canonical JSON of a request: backend identity, model, messages, params, sample index.
+
+    Byte for byte `json.dumps({"backend": identity, "messages": messages, "params": params,
+    "sample_index": sample_index}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))`,
+    the form every cache key has been hashed from, assembled around the shared messages JSON.
+    """
+    return assemble_blob(canonical(identity), messages, params, sample_index)
+
+
+def assemble_blob(identity_json: str, messages: list[Message], params: SamplingParams, sample_index: int) -> str:
+    """`request_blob` with the identity already serialised (it is the same for a whole job)."""
+    return (
+        f'{{"backend":{identity_json},"messages":{messages_json(messages)},'
+        f'"params":{canonical(params.as_dict())},"sample_index":{int(sample_index)}}}'
+    )
+
+
+def key_of(blob: str) -> str:
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def cache_dir() -> Path:
@@ -43,14 +99,7 @@ def request_key(
     sample_index: int,
 ) -> str:
     """A stable hash of the backend identity, model, rendered messages, sampling params and sample index."""
-    payload = {
-        "backend": identity,
-        "messages": messages,
-        "params": params.as_dict(),
-        "sample_index": sample_index,
-    }
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return key_of(request_blob(identity, messages, params, sample_index))
 
 
 class RequestCache:
@@ -59,6 +108,8 @@ class RequestCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pending: list[tuple[str, str, str, float]] = []
+        self._waiters: list[asyncio.Future[None]] = []
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -75,19 +126,53 @@ class RequestCache:
         row = self._db.execute("SELECT response FROM requests WHERE key = ?", (key,)).fetchone()
         return Completion.from_record(json.loads(row[0]), key) if row else None
 
-    def put(self, key: str, request: dict[str, Any], completion: Completion) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO requests (key, request, response, created) VALUES (?, ?, ?, ?)",
-            (
-                key,
-                json.dumps(request, ensure_ascii=False),
-                json.dumps(completion.to_record(), ensure_ascii=False),
-                time.time(),
-            ),
-        )
+    def put(self, key: str, request: dict[str, Any] | str, completion: Completion) -> None:
+        """Commit one answer now (outside an event loop, or when a caller cannot wait a tick)."""
+        self._pending.append(self._row(key, request, completion))
+        self._commit_pending()
+
+    async def store(self, key: str, request: dict[str, Any] | str, completion: Completion) -> None:
+        """Commit one answer with the others of this event-loop tick; return once it is committed."""
+        loop = asyncio.get_running_loop()
+        self._pending.append(self._row(key, request, completion))
+        if not self._waiters:
+            loop.call_soon(self._commit_tick)
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _row(self, key: str, request: dict[str, Any] | str, completion: Completion) -> tuple[str, str, str, float]:
+        text = request if isinstance(request, str) else json.dumps(request, ensure_ascii=False)
+        return key, text, json.dumps(completion.to_record(), ensure_ascii=False), time.time()
+
+    def _commit_tick(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        try:
+            self._commit_pending()
+        except Exception as exc:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _commit_pending(self) -> None:
+        rows, self._pending = self._pending, []
+        if not rows:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(_INSERT, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
     def close(self) -> None:
+        self._commit_pending()  # rows queued by a tick that has not run (or never will: Ctrl-C)
         self._db.close()

@@ -1,18 +1,18 @@
 """The chat completion request and response as JSON, one mapping for every way rmboost sends one.
 
 The online OpenAI-compatible backend and batch files (OpenAI's Batch API, vLLM's `run_batch`)
-send the same body for the same request and read the same fields back, so an answer is the same
+send the same body for the same request (the online backend as bytes, `chat_body_json`) and
+read the same fields back, so an answer is the same
 Completion (and the same cache entry) whichever way it came.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from rmboost.llm.cache import messages_json
 from rmboost.llm.types import Completion, LLMError, Message, SamplingParams
-
-# Body fields beyond OpenAI's schema (the SDK sends them as extra_body): vLLM's prefill switches.
-CONTINUE_FIELDS = ("continue_final_message", "add_generation_prompt")
 
 
 def prefill_of(messages: list[Message]) -> str:
@@ -22,22 +22,32 @@ def prefill_of(messages: list[Message]) -> str:
 
 def chat_body(model: str, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
     """The chat completion request for one rmboost request."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
+    return {"model": model, "messages": messages, **_sampling_fields(messages, params)}
+
+
+def chat_body_json(model: str, messages: list[Message], params: SamplingParams) -> bytes:
+    """`chat_body` as compact UTF-8 JSON, for the online backend: the messages are the canonical
+    JSON the cache key is hashed from (`cache.messages_json`, serialised once per request)."""
+    rest = json.dumps(_sampling_fields(messages, params), ensure_ascii=False, separators=(",", ":"))
+    head = json.dumps(model, ensure_ascii=False)
+    return f'{{"model":{head},"messages":{messages_json(messages)},{rest[1:]}'.encode()
+
+
+def _sampling_fields(messages: list[Message], params: SamplingParams) -> dict[str, Any]:
+    fields: dict[str, Any] = {
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_tokens": params.max_tokens,
     }
     if params.seed is not None:
-        body["seed"] = params.seed
+        fields["seed"] = params.seed
     if params.logprobs:
-        body.update(logprobs=True, top_logprobs=params.logprobs)
+        fields.update(logprobs=True, top_logprobs=params.logprobs)
     if params.stop:
-        body["stop"] = list(params.stop)
+        fields["stop"] = list(params.stop)
     if prefill_of(messages):  # the plain OpenAI API cannot continue it; vLLM-based servers can
-        body.update(continue_final_message=True, add_generation_prompt=False)
-    return body
+        fields.update(continue_final_message=True, add_generation_prompt=False)
+    return fields
 
 
 def completion_from_body(
@@ -64,3 +74,17 @@ def completion_from_body(
         finish_reason=choice.get("finish_reason"),
         logprobs=logprobs,
     )
+
+
+def completion_body(
+    text: str, model: str, *, tokens_in: int, tokens_out: int, id: str = "chatcmpl-0",
+    logprobs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What an OpenAI-compatible server answers (`completion_from_body` reads it back): for the
+    loopback servers of tests and benchmarks."""
+    return {
+        "id": id, "object": "chat.completion", "created": 0, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                     "logprobs": {"content": logprobs} if logprobs else None}],
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
+    }

@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmboost.llm.cache import RequestCache, request_key
+from rmboost.llm.cache import RequestCache, assemble_blob, canonical, key_of
 from rmboost.llm.types import Backend, Completion, Message, SamplingParams
 
 
@@ -63,6 +63,7 @@ class LLM:
         self.usage = Usage()
         self._semaphore = asyncio.Semaphore(max(1, max_concurrency))
         self._identity = backend.identity()
+        self._identity_json = canonical(self._identity)  # serialised once: part of every key
         # Batch mode (rmboost.llm.batch): uncached requests wait for a batch round instead.
         self.batch: Any = None  # a BatchRunner
         self.batch_transport: Any = None  # where this LLM's batches go
@@ -75,17 +76,18 @@ class LLM:
         step: str,
         sample_index: int = 0,
     ) -> Completion:
-        key = request_key(self._identity, messages, params, sample_index)
+        blob = assemble_blob(self._identity_json, messages, params, sample_index)
+        key = key_of(blob)
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.usage.record(step, hit)
             return hit
-        request = {
-            "backend": self._identity,
-            "messages": messages,
-            "params": params.as_dict(),
-            "sample_index": sample_index,
-        }
         if self.batch is not None:  # the runner caches the answer the moment it reads it
+            request = {
+                "backend": self._identity,
+                "messages": messages,
+                "params": params.as_dict(),
+                "sample_index": sample_index,
+            }
             completion = await self.batch.complete(self.batch_transport, key, request)
             self.usage.record(step, completion)
             return completion
@@ -93,6 +95,6 @@ class LLM:
             completion = await self.backend.complete(messages, params)
         completion.request_id = key
         if self.cache is not None:
-            self.cache.put(key, request, completion)
+            await self.cache.store(key, blob, completion)  # committed before anything uses it
         self.usage.record(step, completion)
         return completion

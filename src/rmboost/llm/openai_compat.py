@@ -1,25 +1,47 @@
 """Any OpenAI-compatible chat endpoint: OpenAI, vLLM, llama.cpp server, Ollama, ...
 
-Retries with exponential backoff and full jitter on 429, 5xx, timeouts and dropped
-connections, honouring Retry-After. The API key is read from an environment variable and kept
-out of identities (hence the cache), logs and error messages.
+HTTP goes through rmboost.llm.http (no SDK): keep-alive connections in a pool with no cap of
+its own, so what is in flight is decided by --concurrency and the adaptive limit
+(rmboost.llm.flow), never silently by the pool. Several base URLs are replicas of one model
+(rmboost.llm.replicas). Retries use exponential backoff with full jitter on 429, 408/409,
+5xx, timeouts and dropped connections, honouring Retry-After; a circuit breaker stops the job
+when the endpoint fails everything. The API key is read from an environment variable and kept
+out of identities (hence the cache), logs and error messages (server text is redacted too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import openai
-
-from rmboost.llm.chat_format import CONTINUE_FIELDS, chat_body, completion_from_body
+from rmboost.llm.chat_format import chat_body_json, completion_from_body
+from rmboost.llm.flow import AdaptiveLimit, CircuitBreaker
+from rmboost.llm.http import HTTPClient, TransportError, ensure_open_files
 from rmboost.llm.ratelimit import RateLimiter
+from rmboost.llm.replicas import Replica, ReplicaPool
 from rmboost.llm.types import Completion, FatalLLMError, LLMError, Message, SamplingParams
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+OVERLOAD = ("rate_limited", "timeout", "unavailable")  # these halve the adaptive limit
+RETRIED_STATUS = (408, 409, 429)  # and every 5xx
+
+
+@dataclass
+class Reply:
+    """What one HTTP attempt produced: a status and body, or a transport failure."""
+
+    outcome: str  # ok, rate_limited, unavailable, server_error, timeout, connection_error, auth, not_found, client_error
+    status: int = 0
+    raw: bytes = b""
+    retry_after: float | None = None
+    detail: str = ""
 
 
 class OpenAIBackend:
@@ -27,7 +49,7 @@ class OpenAIBackend:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         *,
         api_key_env: str = DEFAULT_KEY_ENV,
@@ -37,117 +59,225 @@ class OpenAIBackend:
         backoff_cap: float = 60.0,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
+        max_in_flight: int | None = None,
+        breaker_failures: int = 50,
+        breaker_seconds: float = 120.0,
+        cache_identity: str | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = list(dict.fromkeys(u.rstrip("/") for u in urls))
+        if not self.base_urls or not all(self.base_urls):
+            raise ValueError("the openai backend needs --base-url")
+        self.base_url = self.base_urls[0] if len(self.base_urls) == 1 else ", ".join(self.base_urls)
         self.model = model
         self.api_key_env = api_key_env
+        self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.cache_identity = cache_identity
         self._rpm = RateLimiter(requests_per_minute) if requests_per_minute else None
         self._tpm = RateLimiter(tokens_per_minute) if tokens_per_minute else None
-        # Local servers ignore the key; the OpenAI SDK insists on a non-empty one.
-        key = os.environ.get(api_key_env) or "not-needed"
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, api_key=key, max_retries=0, timeout=timeout
-        )
+        # None: no adaptive gate here; the caller's own limit is all there is.
+        self.limit = AdaptiveLimit(max_in_flight) if max_in_flight else None
+        if max_in_flight:
+            ensure_open_files(max_in_flight)
+        self.breaker = CircuitBreaker(self.base_url, breaker_failures, breaker_seconds)
+        self.pool = ReplicaPool(self.base_urls)
+        self._key = os.environ.get(api_key_env) or ""
+        headers = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "rmboost"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        self._http = HTTPClient(headers, timeout)
+
+    # ------------------------------------------------------------------ identity and status
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.name, "base_url": self.base_url, "model": self.model}
+        """Part of every cache key. One URL: as always (existing caches still hit). Several
+        replicas: the sorted set, so the replica that answered does not matter. A named
+        deployment (--cache-identity) replaces the URLs altogether."""
+        if self.cache_identity:
+            return {"backend": self.name, "deployment": self.cache_identity, "model": self.model}
+        if len(self.base_urls) == 1:
+            return {"backend": self.name, "base_url": self.base_urls[0], "model": self.model}
+        return {"backend": self.name, "base_urls": sorted(self.base_urls), "model": self.model}
+
+    def load_status(self) -> str:
+        """For the progress line: the adaptive limit, and replicas in service."""
+        parts = []
+        if self.limit is not None:
+            parts.append(f"in flight {self.limit.in_flight}, limit {self.limit.limit}/{self.limit.ceiling}")
+        if len(self.pool.replicas) > 1:
+            parts.append(f"replicas up {self.pool.up()}/{len(self.pool.replicas)}")
+        return " | ".join(parts)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _exchange(self, method: str, url: str, body: bytes = b"") -> Reply:
+        try:
+            response = await self._http.request(method, url, body)
+        except TransportError as exc:
+            return Reply(exc.kind, detail=exc.detail)
+        if response.status < 400:
+            return Reply("ok", response.status, response.body)
+        status = response.status
+        return Reply(_status_outcome(status), status, response.body, _retry_after(response.headers))
+
+    # ------------------------------------------------------------------ check
 
     async def check(self) -> None:
-        """Reach the endpoint once: fail fast on a wrong URL, a rejected key or an unknown model."""
-        try:
-            listing = await self._client.models.list()
-        except openai.AuthenticationError as exc:
-            raise FatalLLMError(self._auth_message()) from exc
-        except openai.PermissionDeniedError as exc:
-            raise FatalLLMError(self._auth_message()) from exc
-        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-            raise FatalLLMError(f"cannot reach the endpoint {self.base_url} ({type(exc).__name__})") from exc
-        except openai.APIStatusError:
+        """Reach every replica once: fail fast on a wrong URL, a rejected key or an unknown model."""
+        await asyncio.gather(*(self._check_one(r) for r in self.pool.replicas))
+
+    async def _check_one(self, replica: Replica) -> None:
+        reply = await self._exchange("GET", f"{replica.base_url}/models")
+        if reply.outcome in ("timeout", "connection_error", "tls_error"):
+            raise FatalLLMError(f"cannot reach the endpoint {replica.base_url} ({reply.detail})")
+        if reply.outcome == "auth":
+            raise FatalLLMError(self._auth_message(replica.base_url))
+        if reply.outcome != "ok":
             return  # some servers have no /models; the first request will tell
-        served = [m.id for m in listing.data]
+        try:
+            served = [m["id"] for m in json.loads(reply.raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            return
         if served and self.model not in served:
             shown = ", ".join(served[:10]) + (" ..." if len(served) > 10 else "")
-            raise FatalLLMError(f"model {self.model!r} is not served at {self.base_url} (it serves: {shown})")
+            raise FatalLLMError(
+                f"model {self.model!r} is not served at {replica.base_url} (it serves: {self._redact(shown)})"
+            )
 
-    def _auth_message(self) -> str:
-        source = f"${self.api_key_env}" if os.environ.get(self.api_key_env) else f"no ${self.api_key_env} set"
-        return f"the endpoint {self.base_url} rejected the API key ({source})"
+    def _auth_message(self, url: str) -> str:
+        source = f"${self.api_key_env}" if self._key else f"no ${self.api_key_env} set"
+        return f"the endpoint {url} rejected the API key ({source})"
+
+    # ------------------------------------------------------------------ completions
 
     async def complete(self, messages: list[Message], params: SamplingParams) -> Completion:
         # Tokens are budgeted once per request (a 429 is not billed); requests per attempt below.
         if self._tpm:
             estimate = sum(len(m["content"]) for m in messages) / 4 + params.max_tokens
             await self._tpm.acquire(estimate)
-        # The same body a batch file carries. A final assistant message is a prefill: servers built
-        # on vLLM continue it when asked (extra fields); the plain OpenAI API cannot, which is why
-        # prefill is off by default for this backend.
-        kwargs = chat_body(self.model, messages, params)
-        if extra := {k: kwargs.pop(k) for k in CONTINUE_FIELDS if k in kwargs}:
-            kwargs["extra_body"] = extra
+        body = chat_body_json(self.model, messages, params)  # the same body a batch file carries
         attempt = 0
         while True:
+            self.breaker.raise_if_open()
             if self._rpm:
                 await self._rpm.acquire(1)  # a retry is a request too: the server counts it
+            epoch = await self.limit.acquire() if self.limit else 0
+            replica = self.pool.pick()
+            outcome, bad = "cancelled", None
             try:
-                response = await self._client.chat.completions.create(**kwargs)
-                return completion_from_body(response.model_dump(), messages, params, self.model)
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise FatalLLMError(self._auth_message()) from exc
-            except openai.NotFoundError as exc:
-                raise FatalLLMError(
-                    f"HTTP 404 from {self.base_url}: it serves no model {self.model!r}, or the URL "
-                    "is not the API root (most servers want it to end in /v1)"
-                ) from exc
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as exc:
-                # APITimeoutError is a subclass of APIConnectionError.
-                if attempt >= self.max_retries:
-                    # A refused or dropped connection means the endpoint is gone: stop the job
-                    # (finished pairs are kept). A slow answer is this request's failure only.
-                    if isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError):
-                        raise FatalLLMError(
-                            f"lost the endpoint {self.base_url} after {attempt + 1} tries ({type(exc).__name__})"
-                        ) from exc
-                    raise LLMError(f"{_reason(exc)} after {attempt + 1} tries") from exc
-                await asyncio.sleep(self._delay(attempt, exc))
-                attempt += 1
-            except openai.APIStatusError as exc:  # 400, 422, ...: this request is wrong, not the job
-                raise LLMError(f"http_{exc.status_code}: {_short(exc)}") from exc
+                reply = await self._exchange("POST", replica.chat_url, body)
+                outcome = reply.outcome
+                if outcome == "ok":
+                    try:
+                        completion = self._to_completion(reply.raw, messages, params)
+                    except LLMError as exc:
+                        outcome, bad = "bad_response", exc
+                    else:
+                        if self.limit:
+                            self.limit.success()
+            finally:
+                self.pool.done(replica, outcome)
+                if self.limit:
+                    self.limit.release()
+            if outcome == "ok":
+                self.breaker.succeeded()
+                return completion
+            delay = self._after_failure(reply, outcome, bad, epoch, attempt, replica.base_url)
+            await asyncio.sleep(delay)
+            attempt += 1
 
-    def _delay(self, attempt: int, exc: Exception) -> float:
-        retry_after = _retry_after(exc)
-        if retry_after is not None:
-            return min(retry_after, self.backoff_cap)
+    def _after_failure(
+        self, reply: Reply, outcome: str, bad: LLMError | None, epoch: int, attempt: int, url: str
+    ) -> float:
+        """Raise what ends this request (or the job); else return how long to wait before a retry."""
+        if outcome == "auth":
+            raise FatalLLMError(self._auth_message(url))
+        if outcome == "tls_error":  # the same certificate would be rejected again
+            raise FatalLLMError(f"cannot reach the endpoint {url} ({reply.detail})")
+        if outcome == "not_found":
+            raise FatalLLMError(
+                f"HTTP 404 from {url}: it serves no model {self.model!r}, or the URL "
+                "is not the API root (most servers want it to end in /v1)"
+            )
+        if outcome == "client_error":  # 400, 422, ...: this request is wrong, not the endpoint
+            raise LLMError(f"http_{reply.status}: {self._redact(_error_text(reply.raw))}")
+        reason = _reason(reply) if bad is None else "bad_response"
+        if outcome in OVERLOAD and self.limit:
+            self.limit.overload(epoch)
+        self.breaker.attempt_failed(reason)
+        if bad is not None:  # a garbled answer would come back garbled: not retried
+            self.breaker.request_failed(reason)
+            raise LLMError(self._redact(str(bad)))
+        if attempt >= self.max_retries:
+            self.breaker.request_failed(reason)
+            # A refused or dropped connection means the endpoint is gone: stop the job
+            # (finished pairs are kept). A slow or busy answer is this request's failure only.
+            if outcome == "connection_error":
+                raise FatalLLMError(f"lost the endpoint {self.base_url} after {attempt + 1} tries ({reply.detail})")
+            raise LLMError(f"{reason} after {attempt + 1} tries")
+        if reply.retry_after is not None:
+            return min(reply.retry_after, self.backoff_cap)
+        if outcome == "connection_error" and self.pool.up() > 0 and len(self.pool.replicas) > 1:
+            return 0.0  # that replica is out; another one takes the request at once
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
 
+    def _to_completion(self, raw: bytes, messages: list[Message], params: SamplingParams) -> Completion:
+        try:
+            return completion_from_body(json.loads(raw), messages, params, self.model)
+        except LLMError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise LLMError(f"bad_response: not an OpenAI chat completion ({_snippet(raw)})") from exc
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "<redacted>") if self._key else text
+
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.close()
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, openai.RateLimitError):
+def _status_outcome(status: int) -> str:
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status == 503:
+        return "unavailable"
+    if status >= 500 or status in RETRIED_STATUS:
+        return "server_error"
+    return "client_error"
+
+
+def _reason(reply: Reply) -> str:
+    if reply.outcome == "rate_limited":
         return "rate_limited (HTTP 429)"
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection_error"
-    if isinstance(exc, openai.APIStatusError):
-        return f"http_{exc.status_code}"
-    return type(exc).__name__
+    if reply.status:
+        return f"http_{reply.status}"
+    return reply.outcome  # timeout, connection_error
 
 
-def _short(exc: openai.APIStatusError) -> str:
-    message = getattr(exc, "message", "") or str(exc)
-    return " ".join(message.split())[:300]
+def _snippet(raw: bytes, limit: int = 200) -> str:
+    return " ".join(raw[:limit].decode("utf-8", "replace").split()) or "empty body"
 
 
-def _retry_after(exc: Exception) -> float | None:
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    headers = response.headers
+def _error_text(raw: bytes) -> str:
+    """The server's own error message (OpenAI style {"error": {"message": ...}}), on one line."""
+    try:
+        data = json.loads(raw)
+        error = data.get("error") if isinstance(data, dict) else None
+        message = error.get("message") if isinstance(error, dict) else (error or data.get("detail"))
+        text = str(message) if message else raw.decode("utf-8", "replace")
+    except (ValueError, AttributeError):
+        text = raw.decode("utf-8", "replace")
+    return " ".join(text.split())[:300]
+
+
+def _retry_after(headers: Any) -> float | None:
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
             return max(0.0, float(ms) / 1000)
@@ -160,8 +290,6 @@ def _retry_after(exc: Exception) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
-            import time
-
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
@@ -20,7 +20,11 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop sequences (not included in the text)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow (dataclasses.asdict deep-copies): the same JSON, a tenth of the time.
+        return {f: getattr(self, f) for f in _PARAM_FIELDS}
+
+
+_PARAM_FIELDS = tuple(f.name for f in fields(SamplingParams))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from rmboost.backends import BACKENDS, BackendOptions, make_backend
+from rmboost.backends import BACKENDS, BackendOptions, http_urls, make_backend
 from rmboost.methods.common import MethodContext, StepFailed, derive_seed, sample_tagged
 from rmboost.options import option
 from rmboost.parsing import ParseError, extract_tag
@@ -276,7 +276,7 @@ class JudgeOptions:
 
     backend: str | None = option(None, choices=BACKENDS, help="Judge backend (default: the generator's).")
     model: str | None = option(None, help="Judge model (openai) or GGUF path (llamacpp).")
-    base_url: str | None = option(None, help="Judge endpoint (openai).")
+    base_url: str | None = option(None, check=http_urls, help="Judge endpoint (openai).")
     api_key_env: str | None = option(None, help="Environment variable with the judge's API key.")
     mode: str = option("text", choices=JUDGE_MODES, noun="judge mode",
                        help="text (parse first/second/same) or logprobs (P(first) from token log-probabilities).")
@@ -293,12 +293,16 @@ class JudgeOptions:
         """The judge's backend: the connection fields set here over the generator's.
 
         Another backend kind starts from its own model and URL (the generator's name a model on
-        another server); the pacing settings (timeout, retries, limits, threads) are the generator's.
+        another server); the pacing settings (timeout, retries, limits, threads, breaker) are the
+        generator's. The generator's `cache_identity` names the generator's deployment, so a judge
+        with its own endpoint (or another backend kind) is cached under its own URL instead.
         """
         base = generator or BackendOptions()
         changed = {k: v for k in CONNECTION if (v := getattr(self, k)) is not None}
         if self.backend is not None and self.backend != base.backend:
             changed = {"model": None, "base_url": None, **changed}
+        if "base_url" in changed:
+            changed["cache_identity"] = None
         return replace(base, **changed)
 
 
@@ -315,7 +319,7 @@ def make_judge(
     if opts.mode not in JUDGE_MODES:
         raise ValueError(f"unknown judge mode {opts.mode!r} (use {', '.join(JUDGE_MODES)})")
     if backend is None:
-        backend = make_backend(opts.connection(generator))
+        backend = make_backend(opts.connection(generator), concurrency=concurrency)
     ctx = MethodContext(
         llm=LLM(backend, cache, max_concurrency=concurrency),
         task=task,

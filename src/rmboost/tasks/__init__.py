@@ -6,6 +6,7 @@ file with the same keys (see README, "Your own task").
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -58,13 +59,21 @@ class TaskSpec:
     def render_prompt(self, row: dict[str, Any]) -> str:
         """The prompt x as a reward model or policy sees it (not the generation instruction)."""
         values = {f.name: row.get(f.name, "") for f in self.inputs}
-        return _jinja.from_string(self.prompt_template).render(**values).strip()
+        return _compiled(self.prompt_template).render(**values).strip()
 
     def missing_fields(self, row: dict[str, Any]) -> list[str]:
         return [f.name for f in self.inputs if f.required and _is_blank(row.get(f.name))]
 
 
 _jinja = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    """Compile a prompt template once, not once per row (compiling cost ~10x the rendering)."""
+    return _jinja.from_string(source)
+
+
 _REQUIRED_KEYS = ("name", "role", "goal", "guideline", "aspects", "inputs", "prompt_template")
 
 
