@@ -98,6 +98,7 @@ def test_diversity_analysis_deduplicates_responses_and_uses_the_encoder():
     assert d["distinct"]["1"]["total"] == 6
 
 
+@pytest.mark.slow
 def test_minilm_encoder_real_model():
     enc = MiniLMEncoder(batch_size=2)
     texts = [
@@ -194,6 +195,7 @@ def _axis_encoder(texts):
     return out
 
 
+@pytest.mark.slow
 def test_analyze_run_on_a_fixture(tmp_path):
     run = build_run_dir(tmp_path)
     a = analyze_run(run, _axis_encoder, diversity_pairs=3)
@@ -234,6 +236,7 @@ def test_analyze_run_on_a_fixture(tmp_path):
     assert load_analysis(run, _axis_encoder)["pairs"]["rlcd"] == 2
 
 
+@pytest.mark.slow
 def test_analyze_run_tolerates_missing_pieces(tmp_path):
     run = build_run_dir(tmp_path)
     for f in (run / "gen" / "rlcd").iterdir():

@@ -404,6 +404,7 @@ def test_a_failing_command_stops_the_job_and_keeps_what_it_wrote(tmp_path: Path)
     assert summary.usage["y1"]["cache_hits"] == 2  # written by the failed run, read then, not asked again
 
 
+@pytest.mark.slow
 def test_a_killed_job_waits_for_the_command_it_started(tmp_path: Path):
     """The command outlives a SIGKILLed rmboost; the next run re-attaches to that process."""
     runs, go = tmp_path / "runs.txt", tmp_path / "go"

@@ -174,6 +174,7 @@ def make_finished_job(tmp_path: Path, n: int, shuffle: bool) -> tuple[GenerateCo
     return cfg, finalize_as_before(out, ids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shuffle", [False, True], ids=["finished", "unordered"])
 def test_resuming_a_large_job_holds_no_rows(tmp_path: Path, shuffle: bool):
     n = 10_000
