@@ -16,7 +16,7 @@ from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
-from rmboost.methods.judge import JudgeOptions, make_judge
+from rmboost.methods.judge import JudgeOptions, open_judge
 from rmboost.tasks import load_task
 
 
@@ -64,38 +64,39 @@ async def run_filter(
     if batch is not None and batch.transport == "command":
         judge_backend = judge_backend or command_backend(judge_opts.connection())
     cache = RequestCache(cache_path) if cache_path else None
-    judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
-    runner = None
-    if batch is not None:
-        assert cache is not None
-        runner = BatchRunner(cache, batch, judge_opts.max_attempts, report=report)
-        runner.attach(judge.ctx.llm, judge_opts.connection())
-    # Batch mode: every pair in flight (or --batch-rows of them), so that a round holds them all.
-    width = (batch.rows or len(pairs)) if batch is not None else concurrency
-    semaphore = asyncio.Semaphore(max(1, width))
     kept: list[dict[str, Any]] = []
     removed: list[dict[str, Any]] = []
     failed = 0
-
-    async def one(pair: dict[str, Any], row: dict[str, Any], chosen: str, rejected: str) -> None:
-        nonlocal failed
-        async with semaphore:
-            try:
-                verdict = await judge.compare(row, chosen, rejected, step="filter")
-            except StepFailed as fail:
-                failed += 1
-                removed.append({**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}})
-                return
-        record = {**pair, "filter": verdict.as_record()}
-        (kept if verdict.winner == "a" else removed).append(record)
-
+    runner = None
+    # Batch mode: every pair in flight (or --batch-rows of them), so that a round holds them all.
+    width = (batch.rows or len(pairs)) if batch is not None else concurrency
+    semaphore = asyncio.Semaphore(max(1, width))
     try:
-        await judge.ctx.llm.backend.check()
-        await asyncio.gather(*(one(p, r, *t) for p, r, t in zip(pairs, rows, texts, strict=True)))
+        async with open_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend) as judge:
+            if batch is not None:
+                assert cache is not None
+                runner = BatchRunner(cache, batch, judge_opts.max_attempts, report=report)
+                runner.attach(judge.ctx.llm, judge_opts.connection())
+
+            async def one(pair: dict[str, Any], row: dict[str, Any], chosen: str, rejected: str) -> None:
+                nonlocal failed
+                async with semaphore:
+                    try:
+                        verdict = await judge.compare(row, chosen, rejected, step="filter")
+                    except StepFailed as fail:
+                        failed += 1
+                        removed.append({**pair, "filter": {"winner": None, "reason": fail.reason,
+                                                           "attempts": fail.attempts}})
+                        return
+                record = {**pair, "filter": verdict.as_record()}
+                (kept if verdict.winner == "a" else removed).append(record)
+
+            try:
+                await asyncio.gather(*(one(p, r, *t) for p, r, t in zip(pairs, rows, texts, strict=True)))
+            finally:
+                if runner is not None:
+                    await runner.aclose()
     finally:
-        if runner is not None:
-            await runner.aclose()
-        await judge.ctx.llm.backend.aclose()
         if cache is not None:
             cache.close()
     order = {p.get("id"): i for i, p in enumerate(pairs)}
@@ -108,6 +109,6 @@ async def run_filter(
     atomic_write_jsonl(removed_path, removed)
     return FilterSummary(
         kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
-        removed_file=str(removed_path), judge_usage=judge.ctx.llm.usage.as_dict(),
+        removed_file=str(removed_path), judge_usage=judge.usage(),
         batch=runner.summary() if runner is not None else None,
     )

@@ -250,7 +250,7 @@ async def _run_job(
         if todo:
             await backend.check()
             if judge is not None:
-                await judge.ctx.llm.backend.check()
+                await judge.check()
         # Rows stream from the input: the queue holds one row per worker, so a worker that frees
         # up finds its next row waiting, and in batch mode every worker has a row for the round.
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=n_workers)
@@ -308,12 +308,12 @@ async def _run_job(
             await runner.aclose()
         await backend.aclose()
         if judge is not None:
-            await judge.ctx.llm.backend.aclose()
+            await judge.aclose()
         if cache is not None:
             cache.close()
 
     usage = llm.usage
-    judge_usage = judge.ctx.llm.usage.as_dict() if judge is not None else {}
+    judge_usage = judge.usage() if judge is not None else {}
     filtered = progress.failures.pop("filtered", 0)
     summary = GenerateSummary(
         output=str(output),

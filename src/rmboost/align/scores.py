@@ -154,7 +154,7 @@ async def judge_scores(
     """
     from rmboost.llm.cache import RequestCache
     from rmboost.methods.common import StepFailed
-    from rmboost.methods.judge import make_judge
+    from rmboost.methods.judge import open_judge
     from rmboost.tasks import load_task
 
     if (spec.low, spec.high) != (1.0, 10.0):
@@ -162,7 +162,6 @@ async def judge_scores(
     rows = [inputs_row(p.row, p.index, p.where.split(",")[0]) for p in pairs]
     task = load_task(task_name)
     cache = RequestCache(cache_path) if cache_path else None
-    judge = make_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend)
     todo: dict[str, tuple[dict[str, Any], str]] = {}
     keys: list[tuple[str, str]] = []
     for pair, row in zip(pairs, rows, strict=True):
@@ -178,29 +177,29 @@ async def judge_scores(
     failures: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(key: str, row: dict[str, Any], text: str) -> None:
-        async with semaphore:
-            try:
-                value, _ = await judge.rate(row, text, index=0, step="score")
-                results[key] = round_score(value, digits)
-            except StepFailed as fail:
-                results[key] = None
-                failures[fail.reason] += 1
-            if progress is not None:
-                progress()
-
     try:
-        await judge.ctx.llm.backend.check()
-        await asyncio.gather(*(one(k, r, t) for k, (r, t) in todo.items()))
+        async with open_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend) as judge:
+
+            async def one(key: str, row: dict[str, Any], text: str) -> None:
+                async with semaphore:
+                    try:
+                        value, _ = await judge.rate(row, text, index=0, step="score")
+                        results[key] = round_score(value, digits)
+                    except StepFailed as fail:
+                        results[key] = None
+                        failures[fail.reason] += 1
+                    if progress is not None:
+                        progress()
+
+            await asyncio.gather(*(one(k, r, t) for k, (r, t) in todo.items()))
     finally:
-        await judge.ctx.llm.backend.aclose()
         if cache is not None:
             cache.close()
     scores: list[tuple[float, float] | None] = []
     for kc, kr in keys:
         sc, sr = results.get(kc), results.get(kr)
         scores.append(None if sc is None or sr is None else (sc, sr))
-    usage = judge.ctx.llm.usage.as_dict()
+    usage = judge.usage()
     info = {"source": "judge", "mode": judge.mode, "responses_scored": len(todo), "judge_failures": dict(failures),
             "usage": usage}
     return scores, info

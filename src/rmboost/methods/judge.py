@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -110,6 +112,17 @@ class Judge:
     ctx: MethodContext  # the judge's llm, params (temperature 0 = greedy), task and seed
     mode: str = "text"
     margin: float = 0.0  # logprobs: |P(a) - 0.5| must exceed this for a label
+
+    async def check(self) -> None:
+        """Ask the judge's endpoint once before any work (FatalLLMError: one line, nothing spent)."""
+        await self.ctx.llm.backend.check()
+
+    async def aclose(self) -> None:
+        await self.ctx.llm.backend.aclose()
+
+    def usage(self) -> dict[str, Any]:
+        """Calls, cache hits and tokens per step, as summaries report them."""
+        return self.ctx.llm.usage.as_dict()
 
     async def compare(self, row: dict[str, Any], a: str, b: str, *, step: str = "judge") -> PairVerdict:
         # Both orders at once: one batch round rather than two (the results do not depend on order).
@@ -304,6 +317,21 @@ class JudgeOptions:
         if "base_url" in changed:
             changed["cache_identity"] = None
         return replace(base, **changed)
+
+
+@asynccontextmanager
+async def open_judge(
+    opts: JudgeOptions, task: Any, seed: int, cache: Any, concurrency: int = 1, backend: Any = None,
+) -> AsyncIterator[Judge]:
+    """A judge for a job of its own (`filter`, `relabel --scores-from judge`): built, its endpoint
+    checked before any work, and closed on any exit. `generate` uses make_judge, check and aclose
+    itself, because its judge starts and stops with the generator's backend."""
+    judge = make_judge(opts, task, seed, cache, concurrency, backend=backend)
+    try:
+        await judge.check()
+        yield judge
+    finally:
+        await judge.aclose()
 
 
 def make_judge(
