@@ -26,7 +26,6 @@ from typing import Any
 
 from rmboost.llm.batch_command import CommandBatchTransport
 from rmboost.llm.batch_format import line_for_record, params_of, parse_result_line
-from rmboost.llm.batch_openai import OpenAIBatchTransport
 from rmboost.llm.batch_store import BatchRecord, BatchStore, BatchTransport, target_text
 from rmboost.llm.cache import RequestCache
 from rmboost.llm.chat_format import completion_from_body
@@ -138,6 +137,9 @@ class BatchRunner:
                 )
             if len(urls) > 1:
                 raise ValueError(f"--batch sends its files to one endpoint; give --base-url once, not {len(urls)} times")
+            # httpx is imported only for this transport
+            from rmboost.llm.batch_openai import OpenAIBatchTransport
+
             transport: BatchTransport = OpenAIBatchTransport(
                 urls[0], self.workdir, api_key_env=backend.api_key_env,
                 completion_window=opts.completion_window, timeout=backend.timeout, max_retries=backend.max_retries,

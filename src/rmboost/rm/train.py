@@ -32,7 +32,6 @@ from rmboost.rm.data import (
     read_pairs,
     tokenize_pairs,
 )
-from rmboost.rm.evaluate import evaluate_scores
 from rmboost.rm.portable import make_portable
 from rmboost.rm.score import RewardScorer
 from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
@@ -213,6 +212,9 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
     if has_val and run.main:
         scorer = RewardScorer.from_model(trainer.model, tokenizer, formatter, batch_size=max(8, cfg.batch_size))
         chosen, rejected = scorer.score_pairs(val_pairs)
+        # numpy is imported only when a validation file is scored
+        from rmboost.rm.evaluate import evaluate_scores
+
         summary["validation"] = evaluate_scores(val_pairs, chosen, rejected, resamples=1000, seed=cfg.seed)
     fmt = {"prompt_field": cfg.prompt_field, "max_length": cfg.max_length, "template": formatter.template}
     run.finish(cfg, META_FILE, {"format": fmt}, summary, keep_checkpoints=cfg.keep_checkpoints)
