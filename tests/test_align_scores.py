@@ -21,6 +21,7 @@ def _pairs(qa_feedback_dir: Path, n: int) -> list[dict]:
 
 
 @pytest.mark.llm
+@pytest.mark.slow
 def test_judge_scores_with_the_embedded_model(tmp_path: Path, qa_feedback_dir: Path) -> None:
     pairs = _pairs(qa_feedback_dir, 2)
     src = tmp_path / "pairs.jsonl"
@@ -53,6 +54,7 @@ def test_judge_scores_with_the_embedded_model(tmp_path: Path, qa_feedback_dir: P
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_rm_scores_are_mapped_onto_the_scale(tmp_path: Path, qa_feedback_dir: Path) -> None:
     from rmboost.rm.train import TrainRMConfig, train_rm
 

@@ -13,7 +13,7 @@ from rmboost.filtering import run_filter
 from rmboost.generate import GenerateConfig, run_generate
 from rmboost.methods.judge import JudgeOptions
 
-pytestmark = pytest.mark.llm
+pytestmark = [pytest.mark.llm, pytest.mark.slow]  # one to several minutes each on 2 busy cores
 LOGPROB_JUDGE = JudgeOptions(mode="logprobs")
 
 

@@ -382,6 +382,7 @@ def check_variants(run: Path, results: dict[str, Any], refs: dict[str, str]) -> 
 
 
 @pytest.mark.train
+@pytest.mark.slow
 def test_beta_is_scored_for_rewrites_and_contrasts_only(tmp_path, tiny_data, tiny_bert, scripted):
     """With a backend that gives log-probabilities, beta is scored for RMBoost and RLCD pairs, and
     RLAIF's pairs, sampled from Pr(y|x) itself, have nothing to score."""

@@ -357,6 +357,7 @@ def report_page(tmp_path_factory):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_page_renders_results_table(report_page):
     page, results = report_page["page"], report_page["results"]
     assert page.title() == f"rmboost · {results['name']}"
@@ -387,6 +388,7 @@ def test_page_renders_results_table(report_page):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_page_figures_load(report_page):
     page = report_page["page"]
     sizes = page.eval_on_selector_all("img.fig", "imgs => imgs.map(i => [i.alt, i.complete, i.naturalWidth])")
@@ -398,6 +400,7 @@ def test_page_figures_load(report_page):
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_pair_browser_filters_and_searches(report_page):
     page, run = report_page["page"], report_page["run"]
     results = report_page["results"]
@@ -442,6 +445,7 @@ def search(page: Any, term: str) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_untrusted_text_stays_text_and_nothing_leaves_the_machine(report_page):
     page = report_page["page"]
     page.select_option("#variant-filter", "rlcd")
