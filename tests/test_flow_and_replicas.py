@@ -140,13 +140,21 @@ def test_breaker_opens_when_every_attempt_failed_for_the_configured_seconds():
 
 
 def test_breaker_conditions_can_be_switched_off():
-    clock = Clock()
-    breaker = CircuitBreaker("u", failures=0, seconds=0, clock=clock)
-    for _ in range(1000):
-        breaker.request_failed("http_500")
-        breaker.attempt_failed("http_500")
-        clock.now += 10
-    breaker.raise_if_open()
+    def fail_for_hours(breaker: CircuitBreaker, clock: Clock) -> None:
+        for _ in range(1000):
+            breaker.request_failed("http_500")
+            breaker.attempt_failed("http_500")
+            clock.now += 10
+
+    on_clock, off_clock = Clock(), Clock()
+    on = CircuitBreaker("u", failures=50, seconds=120, clock=on_clock)
+    with pytest.raises(FatalLLMError):  # the same failures trip a breaker that is on...
+        fail_for_hours(on, on_clock)
+    with pytest.raises(FatalLLMError):  # ... which stays open
+        on.raise_if_open()
+    off = CircuitBreaker("u", failures=0, seconds=0, clock=off_clock)
+    fail_for_hours(off, off_clock)
+    off.raise_if_open()  # ... and not one that is off
 
 
 # --------------------------------------------------------------------------- replicas
