@@ -10,6 +10,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -393,3 +394,17 @@ def test_http_client_undoes_a_gzip_encoding_nobody_asked_for():
             server.close()
 
     assert run(go()) == b'{"ok": true}'
+
+
+def test_retry_after_is_read_in_every_form_both_clients_meet():
+    from email.utils import formatdate
+
+    from rmboost.llm.ratelimit import backoff_delay, retry_after_seconds
+
+    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_seconds({"retry-after": "7"}) == 7.0
+    assert 50 < retry_after_seconds({"retry-after": formatdate(time.time() + 60, usegmt=True)}) <= 60
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
+    assert backoff_delay(3, 500.0, base=1.0, cap=60.0) == 60.0  # the server's wait, capped
+    assert 0 <= backoff_delay(3, None, base=1.0, cap=60.0) <= 8.0  # full jitter up to base * 2**attempt

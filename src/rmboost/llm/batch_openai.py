@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import httpx
 
 from rmboost.llm.batch_format import CHAT_ENDPOINT
 from rmboost.llm.batch_store import BatchRecord, BatchStore, Poll
+from rmboost.llm.ratelimit import backoff_delay, retry_after_seconds
 from rmboost.llm.types import FatalLLMError
 
 SEARCH_PAGES = 50  # how far back a restarted job looks for a batch it may have created
@@ -183,7 +183,7 @@ class OpenAIBatchTransport:
             source = f"${self.api_key_env}" if os.environ.get(self.api_key_env) else f"no ${self.api_key_env} set"
             raise FatalLLMError(f"the endpoint {self.base_url} rejected the API key ({source}) while {what}")
         if code == 429 or code >= 500:
-            raise _Retry(f"HTTP {code}", _retry_after(response))
+            raise _Retry(f"HTTP {code}", retry_after_seconds(response.headers))
         if code == 404 and response.request.url.path.rstrip("/").endswith(("/files", "/batches")):
             raise FatalLLMError(
                 f"HTTP 404 from {self.base_url} while {what}: this endpoint has no batch API "
@@ -192,9 +192,7 @@ class OpenAIBatchTransport:
         raise FatalLLMError(f"HTTP {code} from {self.base_url} while {what}: {_message(response)}")
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.backoff_cap)
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+        return backoff_delay(attempt, retry_after, self.backoff_base, self.backoff_cap)
 
 
 class _Retry(Exception):
@@ -214,11 +212,3 @@ def _message(response: httpx.Response) -> str:
     return " ".join(str(text).split())[:300]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None

@@ -14,17 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from rmboost.llm.chat_format import chat_body_json, completion_from_body
 from rmboost.llm.flow import AdaptiveLimit, CircuitBreaker
 from rmboost.llm.http import HTTPClient, TransportError, ensure_open_files
-from rmboost.llm.ratelimit import RateLimiter
+from rmboost.llm.ratelimit import RateLimiter, backoff_delay, retry_after_seconds
 from rmboost.llm.replicas import Replica, ReplicaPool
 from rmboost.llm.types import Completion, FatalLLMError, LLMError, Message, SamplingParams
 
@@ -121,7 +118,7 @@ class OpenAIBackend:
         if response.status < 400:
             return Reply("ok", response.status, response.body)
         status = response.status
-        return Reply(_status_outcome(status), status, response.body, _retry_after(response.headers))
+        return Reply(_status_outcome(status), status, response.body, retry_after_seconds(response.headers))
 
     # ------------------------------------------------------------------ check
 
@@ -218,11 +215,9 @@ class OpenAIBackend:
             if outcome == "connection_error":
                 raise FatalLLMError(f"lost the endpoint {self.base_url} after {attempt + 1} tries ({reply.detail})")
             raise LLMError(f"{reason} after {attempt + 1} tries")
-        if reply.retry_after is not None:
-            return min(reply.retry_after, self.backoff_cap)
-        if outcome == "connection_error" and self.pool.up() > 0 and len(self.pool.replicas) > 1:
+        if reply.retry_after is None and outcome == "connection_error" and self.pool.up() > 0 and len(self.pool.replicas) > 1:
             return 0.0  # that replica is out; another one takes the request at once
-        return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+        return backoff_delay(attempt, reply.retry_after, self.backoff_base, self.backoff_cap)
 
     def _to_completion(self, raw: bytes, messages: list[Message], params: SamplingParams) -> Completion:
         try:
@@ -277,19 +272,3 @@ def _error_text(raw: bytes) -> str:
     return " ".join(text.split())[:300]
 
 
-def _retry_after(headers: Any) -> float | None:
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
