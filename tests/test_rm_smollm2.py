@@ -1,4 +1,5 @@
-"""The decoder backbone: SmolLM2-135M-Instruct from the embedded GGUF, converted once and trained.
+"""The decoder backbone: SmolLM2-135M-Instruct from the embedded GGUF, converted once, trained, and
+loaded back with plain transformers.
 
 The conversion (about a minute on 2 cores) is cached under $RMBOOST_HOME or ~/.cache/rmboost, so
 only the first run pays for it.
@@ -65,3 +66,39 @@ def test_smollm2_converts_unmarked_and_trains(tmp_path: Path, qa_feedback_dir: P
     rewards = scorer.score(prompts, [p["chosen"] for p in pairs])
     assert all(math.isfinite(r) for r in rewards) and len(set(rewards)) > 1
     assert rewards == scorer.score(prompts, [p["chosen"] for p in pairs])
+    # Plain transformers take the whole input; a window wide enough that rmboost cuts nothing either.
+    wide = RewardScorer(out, device="cpu", batch_size=2, max_length=256)
+    _plain_transformers_give_rmboost_scores(out, prompts, [p["chosen"][:120] for p in pairs], wide)
+
+
+def _plain_transformers_give_rmboost_scores(folder: Path, prompts: list[str], responses: list[str],
+                                            scorer: RewardScorer) -> None:
+    """The decoder input documented in docs/reward-models.md: the chat template with one user and
+    one assistant turn, trailing whitespace stripped, tokenized without added special tokens; fed
+    to AutoModelForSequenceClassification and to pipeline("text-classification")."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    ours = scorer.score(prompts, responses)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                     tokenize=False).rstrip() for p, r in zip(prompts, responses, strict=True)]
+    encoded = [tok(t, add_special_tokens=False, return_tensors="pt") for t in texts]
+    # The same tokens as rmboost's formatter, and short enough that nothing was cut.
+    for enc, p, r in zip(encoded, prompts, responses, strict=True):
+        assert enc["input_ids"][0].tolist() == scorer.formatter.encode(p, r).ids
+    assert max(e["input_ids"].shape[1] for e in encoded) < scorer.max_length
+    with torch.no_grad():
+        plain = [model(**enc).logits[0, 0].item() for enc in encoded]
+        # Padded together in one batch: the reward is read at the last non-pad token (<|im_end|>).
+        batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        padded = model(**batch).logits[:, 0].tolist()
+    pipe = pipeline("text-classification", model=str(folder), device="cpu")
+    piped = [o["score"] for o in pipe(texts, add_special_tokens=False)]
+    assert len({e["input_ids"].shape[1] for e in encoded}) > 1  # the batch really needed padding
+    assert np.allclose(plain, ours, atol=1e-4), (plain, ours)
+    assert np.allclose(padded, ours, atol=1e-4), (padded, ours)
+    assert np.allclose(piped, ours, atol=1e-4), (piped, ours)
+    assert model.config.problem_type == "regression" and model.config.id2label == {0: "reward"}
