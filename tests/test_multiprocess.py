@@ -51,8 +51,8 @@ def run_one(args: list[str]) -> subprocess.CompletedProcess[str]:
                           timeout=900, env=_env())
 
 
-def run_two(args: list[str], port: int) -> subprocess.CompletedProcess[str]:
-    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / "multi_gpu.yaml"), "--num_processes", "2",
+def run_two(args: list[str], port: int, config: str = "multi_gpu.yaml") -> subprocess.CompletedProcess[str]:
+    cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / config), "--num_processes", "2",
            "--main_process_port", str(port), "-m", "rmboost.cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env())
 
@@ -74,18 +74,45 @@ def test_shipped_accelerate_configs_parse():
     assert ds["zero_stage"] == 2 and not {"gradient_accumulation_steps", "gradient_clipping"} & set(ds)
 
 
-@pytest.mark.train
-@pytest.mark.slow
-def test_train_rm_on_two_processes_matches_one(tmp_path, data):
-    args = ["train-rm", "--train", str(data["train"]), "--validation", str(data["val"]), "--prompt-field", "none",
+def _rm_args(data: dict[str, Path]) -> list[str]:
+    return ["train-rm", "--train", str(data["train"]), "--validation", str(data["val"]), "--prompt-field", "none",
             "--max-length", "48", "--epochs", "1", "--batch-size", "4", "--logging-steps", "1", "--device", "cpu",
             "--no-progress", "--seed", "0"]
-    one = run_one([*args, "--output", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_two([*args, "--output", str(tmp_path / "two")], port=29531)
-    assert two.returncode == 0, two.stderr[-3000:]
 
-    s1, s2 = _meta(tmp_path / "one", "rmboost_rm.json"), _meta(tmp_path / "two", "rmboost_rm.json")
+
+@pytest.fixture(scope="module")
+def rm_one(data, tmp_path_factory) -> Path:
+    """The one-process reward model both multi-process runs are compared with."""
+    out = tmp_path_factory.mktemp("rm") / "one"
+    one = run_one([*_rm_args(data), "--output", str(out)])
+    assert one.returncode == 0, one.stderr[-3000:]
+    return out
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_train_rm_on_two_processes_matches_one(tmp_path, data, rm_one):
+    two = run_two([*_rm_args(data), "--output", str(tmp_path / "two")], port=29531)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _same_model(rm_one, tmp_path / "two", two, data)
+    assert _meta(tmp_path / "two", "rmboost_rm.json")["deepspeed_zero_stage"] is None
+
+
+@pytest.mark.train
+@pytest.mark.slow
+def test_train_rm_under_deepspeed_zero2_matches_one(tmp_path, data, rm_one):
+    """The shipped ZeRO-2 config, run for real: DeepSpeed's engine and its stage-2 optimizer on two
+    CPU processes (DeepSpeed's CPU accelerator talks over gloo). Under DeepSpeed the Trainer reloads
+    the best checkpoint through the engine, which needs full checkpoints (not weights only)."""
+    two = run_two([*_rm_args(data), "--output", str(tmp_path / "ds")], port=29533, config="deepspeed_zero2.yaml")
+    assert two.returncode == 0, two.stderr[-3000:]
+    _same_model(rm_one, tmp_path / "ds", two, data)
+    assert _meta(tmp_path / "ds", "rmboost_rm.json")["deepspeed_zero_stage"] == 2
+
+
+def _same_model(one: Path, two: Path, run: subprocess.CompletedProcess[str], data: dict[str, Path]) -> None:
+    """A two-process run trained what the one-process run trained, and wrote it once."""
+    s1, s2 = _meta(one, "rmboost_rm.json"), _meta(two, "rmboost_rm.json")
     assert (s1["processes"], s2["processes"]) == (1, 2)
     # The same global batch (4 pairs = 4 x 1 process = 2 x 2 processes) and the same optimizer steps.
     assert s1["per_device_batch"] * s1["processes"] == s2["per_device_batch"] * s2["processes"] == 4
@@ -97,17 +124,17 @@ def test_train_rm_on_two_processes_matches_one(tmp_path, data):
     assert s2["validation"]["accuracy"] == s1["validation"]["accuracy"]  # on all 8 validation pairs
     assert s2["validation"]["n"] == 8
     # One model written once: the same files as the one-process run, no per-process leftovers.
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert "checkpoints" not in {p.name for p in (tmp_path / "two").iterdir()}
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert "checkpoints" not in {p.name for p in two.iterdir()}
     # One summary printed, not one per process.
-    assert two.stdout.count("reward model saved to") == 1 and two.stderr.count("rmboost train-rm:") == 1
+    assert run.stdout.count("reward model saved to") == 1 and run.stderr.count("rmboost train-rm:") == 1
 
     from rmboost.rm.data import read_pairs
     from rmboost.rm.score import RewardScorer
 
     pairs = read_pairs(data["test"], "none")
-    r1 = np.array(RewardScorer(tmp_path / "one", device="cpu").score_pairs(pairs))
-    r2 = np.array(RewardScorer(tmp_path / "two", device="cpu").score_pairs(pairs))
+    r1 = np.array(RewardScorer(one, device="cpu").score_pairs(pairs))
+    r2 = np.array(RewardScorer(two, device="cpu").score_pairs(pairs))
     assert np.abs(r1 - r2).max() < 1e-3
     assert np.array_equal(r1[0] > r1[1], r2[0] > r2[1])  # the same test accuracy
 

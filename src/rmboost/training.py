@@ -188,6 +188,7 @@ class TrainingRun:
     def __init__(self, cfg: Any, console: Any = None):
         """`cfg` has device, bf16 and gradient_checkpointing; starts the clock for wall_seconds."""
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # TRL pings the Hub otherwise
         self.started = time.perf_counter()
@@ -195,6 +196,8 @@ class TrainingRun:
         self.settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
         self.state = PartialState(cpu=self.settings["use_cpu"])
         self.main = self.state.is_main_process
+        # `accelerate launch` with a DeepSpeed config sets this; the Trainer then runs DeepSpeed.
+        self.deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
 
     def say(self, message: str) -> None:
         if self.main and self.console is not None:
@@ -256,6 +259,8 @@ def hardware(args: Any) -> dict[str, Any]:
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
         "gradient_checkpointing": args.gradient_checkpointing,
         "processes": args.world_size,
+        # Set when `accelerate launch` ran the Trainer under DeepSpeed (e.g. deepspeed_zero2.yaml).
+        "deepspeed_zero_stage": getattr(getattr(args, "deepspeed_plugin", None), "zero_stage", None),
         "per_device_batch": args.per_device_train_batch_size,
         "main_process": args.process_index == 0,
     }

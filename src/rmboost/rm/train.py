@@ -166,7 +166,9 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
         save_strategy=strategy,
         save_steps=cfg.eval_steps,
         save_total_limit=1,
-        save_only_model=True,
+        # Checkpoints hold the weights only, except under DeepSpeed, which reloads the best one
+        # through its engine and so needs the full checkpoint.
+        save_only_model=not run.deepspeed,
         load_best_model_at_end=has_val,
         metric_for_best_model=f"eval_{cfg.select_metric}" if has_val else None,
         greater_is_better=cfg.select_metric == "accuracy",
