@@ -100,6 +100,25 @@ def qa_feedback_dir() -> Path:
     return QA_FEEDBACK
 
 
+class TrainingStarted(Exception):
+    """Raised where a trainer would start its device state (see `stop_at_training_start`)."""
+
+
+@pytest.fixture
+def stop_at_training_start(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The training harness's TrainingRun replaced by one that records its config and raises
+    TrainingStarted: a test sees whether a trainer got past its data checks, with no torch,
+    accelerate or model loaded (the trainers load their models after it)."""
+    started: list[Any] = []
+
+    def start(cfg: Any, console: Any = None) -> None:
+        started.append(cfg)
+        raise TrainingStarted
+
+    monkeypatch.setattr("rmboost.training.TrainingRun", start)
+    return started
+
+
 class ScriptedBackend:
     """A fake backend for parsing and control-flow tests: answers come from a function."""
 
@@ -142,4 +161,4 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-__all__ = ["LLMError", "ScriptedBackend", "read_jsonl", "run"]
+__all__ = ["LLMError", "ScriptedBackend", "TrainingStarted", "read_jsonl", "run"]

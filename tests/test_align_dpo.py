@@ -182,11 +182,37 @@ def test_dpo_input_errors_name_the_problem(tmp_path: Path) -> None:
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.slow  # the policy is loaded before the file is read
-def test_dpo_names_a_malformed_row(tmp_path: Path) -> None:
+def test_dpo_checks_its_pair_files_before_loading_the_policy(tmp_path: Path, monkeypatch, stop_at_training_start) -> None:
+    from conftest import TrainingStarted
+
+    loads: list[str] = []
+
+    def loader(source: str, log=None):
+        loads.append(source)
+        raise AssertionError("the policy was loaded before the data was checked")
+
+    monkeypatch.setattr("rmboost.align.dpo.load_policy", loader)
     runner = CliRunner()
+    row = {"prompt": "Q?", "chosen": "A.", "rejected": "B."}
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(row) + "\n")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"prompt": "Q?", "chosen": "A.", "rejected": "B."}) + "\n" + json.dumps({"prompt": "Q?", "chosen": "A."}) + "\n")
-    r = runner.invoke(app, ["dpo", "--train", str(bad), "-o", str(tmp_path / "m"), "--max-steps", "1"])
-    assert r.exit_code == 2 and "bad.jsonl, line 2: missing field 'rejected'" in " ".join(r.output.split())
-    assert not (tmp_path / "m").exists()
+    bad.write_text(json.dumps(row) + "\n" + json.dumps({"prompt": "Q?", "chosen": "A."}) + "\n")
+    goal = {**row, "goal_variant": "user", "goal_template": DEFAULT_GOAL_TEMPLATE, "goal_low": 1, "goal_high": 7,
+            "goal_score": "high"}
+    bad_goal = tmp_path / "goal.jsonl"
+    bad_goal.write_text(json.dumps(row) + "\n" + json.dumps(goal) + "\n")
+    cases = [
+        (["--train", str(bad)], "bad.jsonl, line 2: missing field 'rejected'"),
+        (["--train", str(tmp_path / "none.jsonl")], "pair file not found:"),
+        (["--train", str(good), "--eval", str(bad_goal)], "goal.jsonl, line 2: malformed goal columns"),
+        (["--train", str(good), "--eval", str(tmp_path / "none.jsonl")], "none.jsonl"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(app, ["dpo", *args, "-o", str(tmp_path / "m"), "--max-steps", "1"])
+        assert r.exit_code == 2, (args, r.output, r.exception)
+        assert message in " ".join(r.output.split()) and len(r.output.strip().splitlines()) == 1
+    assert loads == [] and stop_at_training_start == [] and not (tmp_path / "m").exists()
+    # Good files pass the checks and the run starts (here: stops where its device state would begin).
+    r = runner.invoke(app, ["dpo", "--train", str(good), "--eval", str(good), "-o", str(tmp_path / "m")])
+    assert isinstance(r.exception, TrainingStarted) and len(stop_at_training_start) == 1 and loads == []

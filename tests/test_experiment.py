@@ -501,6 +501,22 @@ def test_beta_is_skipped_with_a_reason_when_the_backend_has_no_log_probs(tmp_pat
     assert not (tmp_path / "gen" / "rmboost" / "beta.jsonl").exists()
 
 
+def test_each_invocation_gets_its_own_id(tmp_path):
+    from rich.console import Console
+
+    from rmboost.experiment import RunLog
+
+    quiet = Console(file=io.StringIO())
+    first, second = RunLog(tmp_path / "log.jsonl", quiet), RunLog(tmp_path / "log.jsonl", quiet)
+    first.event("a", "done")
+    second.event("a", "done")
+    ids = [e["invocation"] for e in read_jsonl(tmp_path / "log.jsonl")]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    # Readable: the start time to the microsecond, then the process id and a count.
+    for rid in ids:
+        assert re.fullmatch(rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{6}}-{os.getpid()}-\d+", rid), rid
+
+
 def test_generator_and_rm_settings_reach_the_configs_they_feed(tmp_path):
     from rmboost.experiment import Variant, generate_config, rm_config, rm_settings
 

@@ -7,6 +7,8 @@ judge model given without a backend, and West-of-N's pool size.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,3 +368,17 @@ def test_every_method_rejects_a_second_answer_equal_to_the_first():
             run(pair_fn(ctx, {"id": "a", "question": "Q?", "passages": "P."}, label))
         assert (failed.value.step, failed.value.reason) == ("y2", "same_as_y1")
         assert len(failed.value.attempts) == 2  # resampled, then given up
+
+
+def test_cli_start_imports_no_numpy_torch_or_transformers():
+    # eval-rm's --format choices are declared without importing rm.rewardbench (and numpy with it).
+    heavy = ("numpy", "torch", "transformers", "rmboost.rm.rewardbench")
+    code = (
+        "import sys, rmboost.cli\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+        "import rmboost.rm.rewardbench\n"  # the check sees an import when there is one
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]

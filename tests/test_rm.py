@@ -233,7 +233,9 @@ def test_formatter_truncates_prompt_from_its_end_and_keeps_response(minilm_token
         PairFormatter(minilm_tokenizer, 5)
 
 
-def test_malformed_training_file_names_file_line_and_field(tmp_path: Path) -> None:
+def test_malformed_training_file_names_file_line_and_field(tmp_path: Path, stop_at_training_start) -> None:
+    from conftest import TrainingStarted
+
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
     bad = write_jsonl(tmp_path / "bad.jsonl", [good, good, {"prompt": "q", "chosen": "a"}])
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 3: missing field 'rejected'"):
@@ -242,6 +244,14 @@ def test_malformed_training_file_names_file_line_and_field(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "bad.jsonl, line 3: missing field 'rejected'" in result.output
     assert "Traceback" not in result.output
+    # The validation file is checked too, and both before the run starts (no torch, no backbone).
+    ok = write_jsonl(tmp_path / "ok.jsonl", [good])
+    result = CliRunner().invoke(app, ["train-rm", "--train", str(ok), "--validation", str(bad), "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "bad.jsonl, line 3: missing field 'rejected'" in result.output
+    assert stop_at_training_start == [] and not (tmp_path / "m").exists()
+    with pytest.raises(TrainingStarted):
+        train_rm(TrainRMConfig(train=[str(ok)], validation=ok, output=tmp_path / "m"))
+    assert len(stop_at_training_start) == 1
 
     no_q = write_jsonl(tmp_path / "noq.jsonl", [{**good, "inputs": {"question": "x"}}, good])
     with pytest.raises(ValueError, match=r"noq\.jsonl, line 2: missing field 'inputs\.question'"):

@@ -18,6 +18,9 @@ each averaged over k training seeds. Its variance has two parts:
 With z = z(1 - alpha/2) + z(power) (1.96 + 0.84 = 2.80 for 5% two-sided and 80% power), a true
 difference delta is detected with that power when z^2 * Var(mean d) <= delta^2. The smallest
 such delta is the *minimum detectable difference* (MDD).
+
+numpy (and `rmboost.stats`, which uses it) is imported inside the functions that need it: the
+`rmboost power` command declares its flags from `Design`, and CLI start stays free of numpy.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist, median
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from rmboost.options import at_least, option
-from rmboost.stats import cluster_size, design_effect, icc
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def z_total(alpha: float = 0.05, power: float = 0.8) -> float:
@@ -68,6 +71,8 @@ class Design:
 
     @property
     def design_effect(self) -> float:
+        from rmboost.stats import design_effect
+
         return design_effect(self.pairs_per_question, self.icc)
 
     @property
@@ -157,6 +162,8 @@ def plan(
 
 def pooled_seed_sd(per_seed: Sequence[Sequence[float]]) -> float | None:
     """Pooled SD of accuracy over seeds, from cells with two or more seeds (None without any)."""
+    import numpy as np
+
     num = den = 0.0
     for values in per_seed:
         if len(values) >= 2:
@@ -182,6 +189,10 @@ def observed_power(
     variance is 0: models that never disagree), two independent copies of the seed-averaged
     `outcomes` stand in (v = 2 Var(outcome)), a cautious bound.
     """
+    import numpy as np
+
+    from rmboost.stats import cluster_size, icc
+
     n = len(unit)
     variance = float(median(float(np.var(d, ddof=1)) for d in diffs)) if diffs else 0.0
     if variance > 0:

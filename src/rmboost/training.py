@@ -5,6 +5,8 @@ model, loss options, summary fields):
 - the device policy (`device_settings`) and the schedule (`schedule_arguments`), which together
   with the trainer's own options make its TrainingArguments (`TrainingRun.arguments`);
 - the checks of the schedule options (`check_schedule`);
+- the start: the data files (training and validation) read and checked before the accelerate
+  state, torch or any model is loaded, so bad input costs no model load (`start_run`);
 - one process's run: the accelerate state, messages on the main process only, our progress bar
   and log lines in place of transformers' (`TrainingRun.fit`), saving;
 - the summary parts read from the Trainer (`hardware`, `loop_totals`, `throughput`) and the
@@ -27,9 +29,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rmboost.models import quiet_transformers
+
+Data = TypeVar("Data")
 
 CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the output folder; removed at the end
 
@@ -248,6 +252,15 @@ class TrainingRun:
         if not keep_checkpoints and checkpoints.exists():
             shutil.rmtree(checkpoints, ignore_errors=True)
         (cfg.output / "training_args.bin").unlink(missing_ok=True)
+
+
+def start_run(cfg: Any, console: Any, read: Callable[[Any], Data]) -> tuple[TrainingRun, Data]:
+    """A trainer's start, in this order: `read(cfg)` reads and checks every data file (training and
+    validation), then the run's device and accelerate state. A missing file or a malformed row is
+    thus one line naming the file, line and field, before torch, accelerate or any model is loaded
+    (the trainer loads its model after this)."""
+    data = read(cfg)
+    return TrainingRun(cfg, console), data
 
 
 def hardware(args: Any) -> dict[str, Any]:

@@ -5,6 +5,11 @@ install to a float32 Hugging Face checkpoint (the same cached conversion as the 
 backbone, `rmboost.models`). Any causal-LM folder, `.gguf` file or Hub id works too
 (`rmboost.align.policy`).
 
+The pair files (--train, --eval) are read and checked before the policy is loaded: a missing
+file or a malformed row (fields, messages, goal columns) is one line naming it, at no model load.
+What needs the policy's tokenizer is checked after it (a chat prompt for a policy without a chat
+template, a goal longer than --max-prompt-length).
+
 Two things are done before TRL sees the data:
 - plain rows become chat rows when the policy has a chat template (an instruct policy is trained
   on the format it is sampled with; relabelled `system` rows are chat rows already);
@@ -29,10 +34,10 @@ from typing import Any
 from rmboost.align.goals import GoalSpec
 from rmboost.align.policy import fit_prompt, load_policy, policy_prompt, prompt_tokens
 from rmboost.data.inputs import InputError
-from rmboost.data.messages import chat_response, read_source_pairs, response_text
+from rmboost.data.messages import SourcePair, chat_response, read_source_pairs, response_text
 from rmboost.models import has_chat_template, quiet_transformers, token_ids
 from rmboost.options import option
-from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
+from rmboost.training import check_schedule, hardware, logged, loop_totals, start_run, throughput
 
 META_FILE = "rmboost_dpo.json"  # the goal format (read by `rmboost sample`), format, config, summary
 LOSSES_WITH_SMOOTHING = ("robust", "exo_pair", "aot", "aot_unpaired")
@@ -78,6 +83,34 @@ class DPOTrainConfig:
 
 
 @dataclass
+class DPOPair:
+    """A pair row checked without the policy's tokenizer: its text and its goal (None: plain)."""
+
+    pair: SourcePair
+    goal: GoalSpec | None
+    protect: str  # a `user`-variant goal that starts the user turn: cutting the prompt keeps it whole
+
+
+def read_dpo_pairs(path: Path) -> list[DPOPair]:
+    """Every row of a pair file, checked (fields, messages, goal columns) before any model is loaded."""
+    out = []
+    for pair in read_source_pairs(path):
+        row = pair.row
+        try:
+            spec = GoalSpec.from_row(row)
+            protect = spec.user_prefix(float(row["goal_score"])) if spec is not None and "goal_score" in row else ""
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{pair.where}: malformed goal columns ({exc})") from None
+        out.append(DPOPair(pair, spec, protect))
+    return out
+
+
+def read_data(cfg: DPOTrainConfig) -> tuple[list[DPOPair], list[DPOPair] | None]:
+    """The training pairs and the --eval pairs (None without it), read and checked."""
+    return read_dpo_pairs(cfg.train), read_dpo_pairs(cfg.eval) if cfg.eval else None
+
+
+@dataclass
 class PreparedData:
     rows: list[dict[str, Any]]
     prompts_cut: int = 0
@@ -88,23 +121,18 @@ class PreparedData:
     plain_rows: int = 0  # rows without a goal
 
 
-def prepare_rows(path: Path, tokenizer: Any, max_prompt_length: int, max_length: int) -> PreparedData:
-    """Pair rows -> TRL rows ({prompt, chosen, rejected}), chat-formatted for a chat policy, prompts fitted."""
+def prepare_rows(pairs: list[DPOPair], tokenizer: Any, max_prompt_length: int, max_length: int) -> PreparedData:
+    """Checked pairs -> TRL rows ({prompt, chosen, rejected}), chat-formatted for a chat policy, prompts fitted."""
     data = PreparedData(rows=[], chat=has_chat_template(tokenizer))
     specs: dict[str, dict[str, Any]] = {}
-    for pair in read_source_pairs(path):
-        where, row = pair.where, pair.row
+    for item in pairs:
+        pair, spec = item.pair, item.goal
+        where = pair.where
         prompt = policy_prompt(tokenizer, pair.prompt, where)
         chosen, rejected = pair.chosen, pair.rejected
         if data.chat:
             chosen, rejected = chat_response(chosen), chat_response(rejected)
-        try:
-            spec = GoalSpec.from_row(row)
-            # A `user`-variant goal starts the user turn: cutting the prompt must keep it whole.
-            protect = spec.user_prefix(float(row["goal_score"])) if spec is not None and "goal_score" in row else ""
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{where}: malformed goal columns ({exc})") from None
-        prompt, cut = fit_prompt(tokenizer, prompt, max_prompt_length, where, protect)
+        prompt, cut = fit_prompt(tokenizer, prompt, max_prompt_length, where, item.protect)
         data.prompts_cut += cut
         budget = max_length - prompt_tokens(tokenizer, prompt) - 2  # - end-of-turn tokens
         kept = []
@@ -187,7 +215,7 @@ def _describe(cfg: DPOTrainConfig, model: Any, train: PreparedData, goal: dict[s
 def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
     """Train a policy with DPO and save it (weights or LoRA adapter, tokenizer, rmboost_dpo.json)."""
     _check(cfg)
-    run = TrainingRun(cfg, console)
+    run, (train_pairs, eval_pairs) = start_run(cfg, console, read_data)
 
     import datasets
     from trl import DPOConfig, DPOTrainer
@@ -195,8 +223,8 @@ def train_dpo(cfg: DPOTrainConfig, console: Any = None) -> dict[str, Any]:
     peft_config = _peft_config(cfg)
     with run.main_process_first():
         model, tokenizer, policy_path = load_policy(cfg.policy, log=run.say)
-    train = prepare_rows(cfg.train, tokenizer, cfg.max_prompt_length, cfg.max_length)
-    evald = prepare_rows(cfg.eval, tokenizer, cfg.max_prompt_length, cfg.max_length) if cfg.eval else None
+    train = prepare_rows(train_pairs, tokenizer, cfg.max_prompt_length, cfg.max_length)
+    evald = prepare_rows(eval_pairs, tokenizer, cfg.max_prompt_length, cfg.max_length) if eval_pairs is not None else None
     goal = train.goals[0] if len(train.goals) == 1 and not train.plain_rows else None
     run.say(_describe(cfg, model, train, goal))
 

@@ -18,7 +18,7 @@ from rmboost import options
 from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
 from rmboost.options import fraction, option, reuse
-from rmboost.rm.rewardbench import FORMATS
+from rmboost.rm.data import TEST_FORMATS
 from rmboost.rm.train import TrainRMConfig
 
 DEFAULT_QA_FEEDBACK = Path("../shared/data/qa_feedback")
@@ -79,7 +79,7 @@ class ScoreOptions:
 class EvalRMOptions:
     model: list[Path] = option(flags=("--model", "-m"), help="Folder written by train-rm; give it twice (A, B) to compare two models, paired, on the same pairs.")
     test: Path = option(flags=("--test",), help="Held-out pair file (or a RewardBench file with --format).")
-    format: str = option("pairs", choices=FORMATS, help="pairs (rmboost's pair files), rewardbench (v1: prompt/chosen/rejected/subset rows) or rewardbench2 (best-of-4 chosen/rejected lists, Ties).")
+    format: str = option("pairs", choices=TEST_FORMATS, help="pairs (rmboost's pair files), rewardbench (v1: prompt/chosen/rejected/subset rows) or rewardbench2 (best-of-4 chosen/rejected lists, Ties).")
     output: Path | None = option(None, flags=("--output", "-o"), help="Write all metrics as JSON here.")
     prompt_field: str | None = reuse(ScoreOptions, "prompt_field")
     max_length: int | None = reuse(ScoreOptions, "max_length")

@@ -31,6 +31,9 @@ from rmboost.models import has_chat_template, quiet_transformers, token_ids
 
 # `--prompt-field none`: score the response alone.
 NO_PROMPT = "none"
+# `eval-rm --format`: rmboost's pair files, RewardBench (v1) rows, RewardBench 2 rows (rm.rewardbench).
+# Here, not in rm.rewardbench, so that declaring the option does not import numpy at CLI start.
+TEST_FORMATS = ("pairs", "rewardbench", "rewardbench2")
 
 
 @dataclass

@@ -38,6 +38,7 @@ import numpy as np
 
 from rmboost.data.inputs import InputError, read_located_rows
 from rmboost.data.messages import prompt_text, response_text
+from rmboost.rm.data import TEST_FORMATS
 
 COMMIT = "05a9005efb607249822c193590c8ecab87c77052"
 EXAMPLE_COUNTS = {
@@ -61,7 +62,6 @@ SUBSET_MAPPING = {
 PRIOR_SETS = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
 SECTION_WEIGHT, PRIOR_WEIGHT = 2.0, 1.0
 V2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
-FORMATS = ("pairs", "rewardbench", "rewardbench2")
 
 
 @dataclass
@@ -239,8 +239,8 @@ def score_v2(rows: list[BenchRow], scores: list[list[float]]) -> dict[str, Any]:
 
 
 def evaluate_benchmark(scorer: Any, path: str | Path, fmt: str) -> dict[str, Any]:
-    if fmt not in FORMATS[1:]:
-        raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if fmt not in TEST_FORMATS[1:]:
+        raise ValueError(f"--format {fmt!r}: use one of {', '.join(TEST_FORMATS)}")
     rows = read_benchmark(path, fmt)
     scores = score_rows(rows, scorer)
     return score_v1(rows, scores) if fmt == "rewardbench" else score_v2(rows, scores)

@@ -34,7 +34,7 @@ from rmboost.rm.data import (
 )
 from rmboost.rm.portable import make_portable
 from rmboost.rm.score import RewardScorer
-from rmboost.training import TrainingRun, check_schedule, hardware, logged, loop_totals, throughput
+from rmboost.training import check_schedule, hardware, logged, loop_totals, start_run, throughput
 
 
 @dataclass
@@ -80,7 +80,7 @@ class TrainRMConfig:
 
 
 def load_sources(cfg: TrainRMConfig) -> tuple[Mixture, list[Any]]:
-    """The training mixture and the validation pairs (empty without --validation)."""
+    """The training mixture and the validation pairs (empty without --validation), read and checked."""
     sources = []
     for spec in cfg.train:
         path, weight = parse_train_spec(spec)
@@ -120,8 +120,7 @@ def train_rm(cfg: TrainRMConfig, console: Any = None) -> dict[str, Any]:
     and validation metrics of the saved model when a validation file was given.
     """
     _check(cfg)
-    run = TrainingRun(cfg, console)
-    mixture, val_pairs = load_sources(cfg)
+    run, (mixture, val_pairs) = start_run(cfg, console, load_sources)
 
     import datasets
     from transformers import set_seed
