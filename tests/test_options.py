@@ -1,8 +1,8 @@
 """One declaration per option: the command line and the experiment file come from config dataclasses.
 
-rmboost.options itself (flags, groups, checks, YAML checks), then the real commands against their
-configs (a flag's default is the field's default), then the two bugs the copies had caused: a
-judge model given without a backend, and West-of-N's pool size.
+rmboost.options and rmboost.options_cli themselves (flags, groups, checks, YAML checks), then the
+real commands against their configs (a flag's default is the field's default), then the two bugs
+the copies had caused: a judge model given without a backend, and West-of-N's pool size.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import yaml
 from conftest import ScriptedBackend, run
 from typer.testing import CliRunner
 
-from rmboost import options
+from rmboost import options, options_cli
 from rmboost.backends import BackendOptions
 from rmboost.cli import app
 from rmboost.options import OptionError, group, option
@@ -45,7 +45,7 @@ class Outer:
 def _app(cls: type, seen: list[Any]) -> typer.Typer:
     """A one-command app whose command records the config it was given."""
     toy = typer.Typer()
-    toy.command()(options.command(cls)(seen.append))
+    toy.command()(options_cli.command(cls)(seen.append))
     toy.command("unused")(lambda: None)  # two commands, so the first is named on the command line
     return toy
 
@@ -58,7 +58,7 @@ def _built(cls: type, *args: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# rmboost.options
+# rmboost.options and rmboost.options_cli
 
 
 def test_flags_groups_and_parsing_build_the_config():

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from rmboost import options
+from rmboost import options_cli
 from rmboost.backends import BackendOptions
 from rmboost.cli_support import USER_ERRORS, err, out
 from rmboost.cli_support import fail as _fail
@@ -30,7 +30,7 @@ app = typer.Typer(
 
 
 @app.command()
-@options.command(GenerateConfig)
+@options_cli.command(GenerateConfig)
 def generate(cfg: GenerateConfig) -> None:
     """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
     from rmboost.data.output_lock import OutputBusy
@@ -120,7 +120,7 @@ class FilterOptions:
 
 
 @app.command("filter")
-@options.command(FilterOptions)
+@options_cli.command(FilterOptions)
 def filter_command(opts: FilterOptions) -> None:
     """Keep the pairs whose label the judge confirms in both orders (paper, Appendix B)."""
     from rmboost.filtering import run_filter
@@ -148,7 +148,7 @@ class TasksOptions:
 
 
 @app.command()
-@options.command(TasksOptions)
+@options_cli.command(TasksOptions)
 def tasks(opts: TasksOptions) -> None:
     """List the built-in tasks, or show one (or a task YAML file) in full."""
     from rmboost.tasks import builtin_task_names, load_task
@@ -186,7 +186,7 @@ class MergeOptions:
 
 
 @app.command()
-@options.command(MergeOptions)
+@options_cli.command(MergeOptions)
 def merge(opts: MergeOptions) -> None:
     """Merge shard outputs into one dataset (ids must not repeat across shards)."""
     from rmboost.data.pairs import merge_pair_files
@@ -205,7 +205,7 @@ class ExperimentOptions:
 
 
 @app.command()
-@options.command(ExperimentOptions)
+@options_cli.command(ExperimentOptions)
 def experiment(opts: ExperimentOptions) -> None:
     """Run (or resume) a whole study: generate -> filter -> train RMs -> evaluate -> results, report."""
     from rmboost.experiment import run_experiment

@@ -4,13 +4,10 @@ Every setting a user can give - a command-line flag or a key of an experiment's 
 a field of the config dataclass of the job it feeds (GenerateConfig, TrainRMConfig, JudgeOptions,
 BackendOptions, ...), declared with `option()`. From those fields:
 
-- `command(Config)` makes the Typer command: one flag (or argument) per field, in field order,
-  and the decorated function receives a built, checked `Config`. A field whose type is itself a
-  dataclass declared with `group()` becomes that dataclass's flags, optionally with a prefix
-  (`judge_` makes `JudgeOptions.mode` the flag `--judge-mode`); a field whose declared flag is
-  the prefix itself is the group's switch (`BatchOptions.enabled` is `--batch`).
-  A field that takes a list (`base_url: str | list[str] | None`) is a repeatable flag
-  (`--base-url a --base-url b`); given once, such a field gets the single value.
+- `rmboost.options_cli.command(Config)` makes the Typer command: one flag (or argument) per
+  field. A field declared with `group()` nests another options dataclass (BackendOptions,
+  JudgeOptions) whose fields become flags too, optionally under a prefix (`judge_` makes
+  `JudgeOptions.mode` the flag `--judge-mode`).
 - `load()` / `check_settings()` check a YAML mapping against the same fields: unknown keys (with
   a did-you-mean hint), types and choices, each error naming the key path.
 
@@ -26,10 +23,6 @@ The rules that keep this one source of truth:
 - Checks (`choices`, `check`) run on the command line and in YAML alike, so a bad value is one
   line naming the flag or the key, before any work; `validate()` runs them on a config built in
   code.
-
-Typer stays the command-line library (rather than TRL's argparse-based HfArgumentParser/TrlParser):
-the commands, their `--help` pages and exit codes stay as they were, and Typer already builds a
-command from a function signature; we only build that signature from the dataclass.
 """
 
 from __future__ import annotations
@@ -37,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import inspect
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -214,14 +206,15 @@ def validate(config: Any, where: str = "") -> None:
             check_choice(value, s, path)
 
 
-def _members(tp: Any) -> list[Any]:
+def union_members(tp: Any) -> list[Any]:
+    """The members of a union type (`str | None` -> [str, NoneType]); any other type alone."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return list(typing.get_args(tp))
     return [tp]
 
 
 def type_text(tp: Any) -> str:
-    parts = [m for m in _members(tp) if m is not type(None)]
+    parts = [m for m in union_members(tp) if m is not type(None)]
     text = " | ".join(m.__name__ if isinstance(m, type) and not typing.get_args(m) else str(m) for m in parts)
     return text.replace("typing.", "")
 
@@ -246,21 +239,9 @@ def _matches(value: Any, tp: Any) -> bool:
     return isinstance(origin, type) and isinstance(value, origin)
 
 
-def _repeated(tp: Any) -> Any:
-    """The `list[X]` member of a field's type (`str | list[str] | None`): a repeatable flag."""
-    return next((m for m in _members(tp) if typing.get_origin(m) is list), None)
-
-
-def _one_or_many(values: list[Any], s: Setting) -> Any:
-    """A repeatable flag's values: one, when the field also takes a single value
-    (`str | list[str]`) -> that value; else the list."""
-    single = typing.get_args(_repeated(s.type))[0]
-    return values[0] if len(values) == 1 and single in _members(s.type) else list(values)
-
-
 def check_value(value: Any, s: Setting, where: str) -> None:
     """A YAML value against its field: type, then choices and checks."""
-    members = _members(s.type)
+    members = union_members(s.type)
     if value is None:
         if type(None) in members or Any in members:
             return
@@ -302,136 +283,6 @@ def load(cls: type[T], data: Any, where: str) -> T:
         setting = known[key]
         if dataclasses.is_dataclass(setting.type) and isinstance(value, dict):  # a group: its defaults first
             values[key] = load(setting.type, {**setting.spec.defaults, **value}, f"{where}.{key}" if where else key)
-        elif isinstance(value, str) and Path in _members(setting.type):  # YAML has no paths, only strings
+        elif isinstance(value, str) and Path in union_members(setting.type):  # YAML has no paths, only strings
             values[key] = Path(value)
     return cls(**values)
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line
-
-
-@dataclasses.dataclass
-class _Param:
-    """One command-line parameter and where its value goes."""
-
-    name: str  # the Python name Typer passes back
-    path: tuple[str, ...]  # field names from the command's dataclass down
-    setting: Setting
-    flag: str  # what errors call it
-    parameter: inspect.Parameter
-
-
-@dataclasses.dataclass
-class _Group:
-    cls: type
-    path: tuple[str, ...]
-    spec: Spec
-
-
-def _flags(flags: tuple[str, ...], prefix: str) -> tuple[str, ...]:
-    """A group's flags under its prefix; a flag that already names the prefix (`--batch` in the
-    `batch_` group: the group's on/off switch) is kept as declared."""
-    if not prefix:
-        return flags
-    dashed = prefix.replace("_", "-")
-
-    def prefixed(name: str) -> str:
-        if name == "--" + dashed.rstrip("-") or name.startswith("--" + dashed):
-            return name
-        return f"--no-{dashed}{name[5:]}" if name.startswith("--no-") else f"--{dashed}{name[2:]}"
-
-    out = []
-    for decl in flags:
-        names = [n for n in decl.split("/") if n.startswith("--")]  # short flags do not carry over
-        if names:
-            out.append("/".join(prefixed(n) for n in names))
-    return tuple(out)
-
-
-def _cli_params(cls: type, prefix: str = "", path: tuple[str, ...] = (), spec: Spec | None = None,
-                groups: list[_Group] | None = None) -> list[_Param]:
-    import typer
-
-    outer = spec or Spec()
-    params: list[_Param] = []
-    for s in settings(cls, only=outer.only, surface="cli").values():
-        target = s.spec.cli_type or s.type
-        if dataclasses.is_dataclass(target):
-            if groups is not None:
-                groups.append(_Group(target, (*path, s.name), s.spec))
-            params += _cli_params(target, prefix + s.spec.prefix, (*path, s.name), s.spec, groups)
-            continue
-        name = prefix + s.name
-        help_text = outer.helps.get(s.name, s.spec.help)
-        if s.spec.cli_type is not None:
-            annotation, default = s.spec.cli_type, s.spec.cli_default
-        elif (many := _repeated(s.type)) is not None:  # given several times: --base-url a --base-url b
-            annotation, default = many | None, None
-        else:
-            annotation = s.type
-            default = outer.defaults.get(s.name, s.default())
-        if s.spec.argument:
-            info = typer.Argument(help=help_text)
-        else:
-            info = typer.Option(*_flags(s.spec.flags, prefix), help=help_text)
-        parameter = inspect.Parameter(
-            name, inspect.Parameter.KEYWORD_ONLY,
-            default=inspect.Parameter.empty if default is dataclasses.MISSING else default,
-            annotation=typing.Annotated[annotation, info],
-        )
-        long_flags = [d.split("/")[0] for d in _flags(s.spec.flags, prefix) if d.startswith("--")]
-        flag = s.name.upper() if s.spec.argument else (long_flags[0] if long_flags else "--" + name.replace("_", "-"))
-        params.append(_Param(name, (*path, s.name), s, flag, parameter))
-    return params
-
-
-def _build(cls: type[T], values: dict[str, Any], params: list[_Param], groups: list[_Group]) -> T:
-    """The command's config from Typer's values: parse, check, then nest the groups."""
-    tree: dict[tuple[str, ...], dict[str, Any]] = {(): {}}
-    for g in groups:
-        tree[g.path] = dict(g.spec.defaults)
-    for p in params:
-        value = values[p.name]
-        if p.setting.spec.parse is not None:
-            value = p.setting.default() if value is None else p.setting.spec.parse(value)
-        elif p.setting.spec.cli_type is None and _repeated(p.setting.type) is not None:
-            if not value:  # not given: the field's (or the group's) default
-                continue
-            value = _one_or_many(value, p.setting)
-        check_choice(value, p.setting, p.flag)
-        tree[p.path[:-1]][p.path[-1]] = value
-    for g in reversed(groups):  # innermost first
-        built = g.cls(**tree.pop(g.path))
-        tree[g.path[:-1]][g.path[-1]] = g.spec.parse(built) if g.spec.parse else built
-    return cls(**tree[()])
-
-
-def command(cls: type[T]) -> Callable[[Callable[[T], Any]], Callable[..., Any]]:
-    """Decorate `fn(config)` into a Typer command whose flags are `cls`'s fields.
-
-    A value that fails its declared checks (or its `parse`) is one red line and exit code 2.
-    """
-
-    def decorate(fn: Callable[[T], Any]) -> Callable[..., Any]:
-        groups: list[_Group] = []
-        params = _cli_params(cls, groups=groups)
-        names = [p.name for p in params]
-        if len(set(names)) != len(names):
-            raise TypeError(f"{cls.__name__}: two flags share a name in {names}")
-
-        @functools.wraps(fn, assigned=("__module__", "__name__", "__qualname__", "__doc__"), updated=())
-        def run(**values: Any) -> Any:
-            from rmboost.cli_support import USER_ERRORS, fail
-
-            try:
-                config = _build(cls, values, params, groups)
-            except USER_ERRORS as exc:
-                raise fail(str(exc)) from None
-            return fn(config)
-
-        run.__signature__ = inspect.Signature([p.parameter for p in params])  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.parameter.annotation for p in params}
-        return run
-
-    return decorate

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from rmboost import options
+from rmboost import options_cli
 from rmboost.cli_support import USER_ERRORS, fail, out
 from rmboost.options import at_least, option, reuse
 from rmboost.power import Design
@@ -40,7 +40,7 @@ class PowerOptions:
     power: float = reuse(Design, "power")
 
 
-@options.command(PowerOptions)
+@options_cli.command(PowerOptions)
 def power(opts: PowerOptions) -> None:
     """Test pairs, questions and seeds needed to detect a difference between two reward models."""
     from rmboost.power import plan

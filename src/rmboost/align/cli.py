@@ -1,7 +1,7 @@
 """Typer commands for alignment: relabel, dpo, sample.
 
 Registered on the main app at the end of rmboost/cli.py; each command's flags are the fields of
-its config (RelabelConfig, DPOTrainConfig, SampleConfig; see rmboost.options).
+its config (RelabelConfig, DPOTrainConfig, SampleConfig; see rmboost.options_cli).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from rmboost import options
+from rmboost import options_cli
 from rmboost.align.dpo import DPOTrainConfig
 from rmboost.align.relabel import RelabelConfig
 from rmboost.align.sample import SampleConfig
@@ -19,7 +19,7 @@ from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
 
 
-@options.command(RelabelConfig)
+@options_cli.command(RelabelConfig)
 def relabel(cfg: RelabelConfig) -> None:
     """Reward-augmented pairs: each pair conditioned on its scores, doubled and swapped (arXiv 2410.08067)."""
     from rmboost.align.relabel import run_relabel
@@ -44,7 +44,7 @@ def relabel(cfg: RelabelConfig) -> None:
     out.print(f"relabelled pairs written to {s['output']}", highlight=False)
 
 
-@options.command(DPOTrainConfig)
+@options_cli.command(DPOTrainConfig)
 def dpo(cfg: DPOTrainConfig) -> None:
     """Train a policy with DPO (TRL DPOTrainer) on plain or relabelled pairs; multi-GPU via accelerate launch."""
     from rmboost.align.dpo import train_dpo
@@ -73,7 +73,7 @@ def print_dpo_summary(s: dict[str, Any]) -> None:
     out.print(f"policy saved to {s['output']}", highlight=False)
 
 
-@options.command(SampleConfig)
+@options_cli.command(SampleConfig)
 def sample(cfg: SampleConfig) -> None:
     """Generate from a policy conditioned on a goal score (the top of the scale by default)."""
     from rmboost.align.sample import run_sample

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmboost import options
+from rmboost import options_cli
 from rmboost.cli_support import fail as _fail
 from rmboost.cli_support import out
 from rmboost.options import at_least, option
@@ -22,7 +22,7 @@ class ReportOptions:
     reanalyze: bool = option(False, help="Recompute analysis.json even when it exists.")
 
 
-@options.command(ReportOptions)
+@options_cli.command(ReportOptions)
 def report(opts: ReportOptions) -> None:
     """Write one self-contained HTML report for a run: results table, analyses and a pair browser."""
     from rmboost.analysis.report import write_report

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from rmboost import options
+from rmboost import options_cli
 from rmboost.cli_support import USER_ERRORS, err, out, run_training
 from rmboost.cli_support import fail as _fail
 from rmboost.options import fraction, option, reuse
@@ -32,7 +32,7 @@ def _ci(ci: list[float]) -> str:
     return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-@options.command(TrainRMConfig)
+@options_cli.command(TrainRMConfig)
 def train_rm(cfg: TrainRMConfig) -> None:
     """Train a Bradley-Terry reward model on preference pairs (TRL RewardTrainer)."""
     from rmboost.rm.train import train_rm as run
@@ -90,7 +90,7 @@ class EvalRMOptions:
     show_groups: int = option(20, help="Print at most this many groups (all are in the JSON).")
 
 
-@options.command(EvalRMOptions)
+@options_cli.command(EvalRMOptions)
 def eval_rm(opts: EvalRMOptions) -> None:
     """Held-out accuracy of a reward model: every pair scored, 95% bootstrap CI, baselines.
 
@@ -187,7 +187,7 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
         )
 
 
-@options.command(ScoreOptions)
+@options_cli.command(ScoreOptions)
 def score(opts: ScoreOptions) -> None:
     """Score responses with a trained reward model: one reward per response."""
     from rmboost.data.pairs import atomic_write_jsonl
@@ -242,7 +242,7 @@ class QAFeedbackSplit:
 
 
 @data_app.command("qa-feedback")
-@options.command(QAFeedbackSplit)
+@options_cli.command(QAFeedbackSplit)
 def data_qa_feedback(opts: QAFeedbackSplit) -> None:
     """Human QA-Feedback pairs, split by question into train/test (and validation) JSONL files."""
     from rmboost.data.pairs import atomic_write_jsonl
