@@ -257,7 +257,7 @@ def test_filter_command_logic(tmp_path: Path):
     assert [r["id"] for r in read_jsonl(tmp_path / "kept.filtered.jsonl")] == ["b"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "z", "prompt": "x", "chosen": "c", "rejected": "r"}) + "\n")
-    with pytest.raises(ValueError, match=r"row 0 \(id z\): no 'inputs' column"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1 \(id z\): no 'inputs' column"):
         run(run_filter(bad, tmp_path / "k2.jsonl", "qa_feedback", JudgeOptions(),
                        judge_backend=ScriptedBackend(quality_judge)))
 

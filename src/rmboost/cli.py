@@ -15,10 +15,10 @@ from rmboost.backends import BackendOptions
 from rmboost.cli_support import USER_ERRORS, err, out
 from rmboost.cli_support import fail as _fail
 from rmboost.generate import GenerateConfig
-from rmboost.llm.accounting import step_totals
-from rmboost.llm.batch import BATCH_SENDING, BatchOptions
+from rmboost.llm.accounting import step_totals, usage_totals
+from rmboost.llm.batch import BatchOptions
 from rmboost.methods.judge import CONNECTION, JudgeOptions
-from rmboost.options import group, option
+from rmboost.options import group, option, reuse
 
 app = typer.Typer(
     name="rmboost",
@@ -116,7 +116,10 @@ class FilterOptions:
     concurrency: int = option(1, help="Judge requests in flight.")
     seed: int = option(0)
     cache: Path | None = option(None, help="Request cache (SQLite).")
-    batch: BatchOptions = group(BatchOptions, prefix="batch_", only=BATCH_SENDING)  # no cost estimate here
+    show_progress: bool = reuse(GenerateConfig, "show_progress")
+    price_in: float | None = reuse(GenerateConfig, "price_in")
+    price_out: float | None = reuse(GenerateConfig, "price_out")
+    batch: BatchOptions = group(BatchOptions, prefix="batch_")
 
 
 @app.command("filter")
@@ -130,16 +133,40 @@ def filter_command(opts: FilterOptions) -> None:
         judge = replace(opts.judge, **{k: getattr(opts.backend, k) for k in CONNECTION})
         summary = asyncio.run(run_filter(opts.pairs, opts.output, opts.task, judge, seed=opts.seed,
                                          cache_path=opts.cache or default_cache_path(),
-                                         concurrency=opts.concurrency, batch=opts.batch,
-                                         report=lambda m: err.print(m, highlight=False)))
+                                         concurrency=opts.concurrency, batch=opts.batch, console=err,
+                                         show_progress=opts.show_progress,
+                                         price_in=opts.price_in, price_out=opts.price_out))
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: {opts.output} is as it was; the verdicts so far are in the "
+                  "request cache, so running the same command again does not pay for them twice.")
+        raise typer.Exit(130) from None
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
+    print_filter_summary(summary)
+
+
+def print_filter_summary(summary: object) -> None:
+    s = summary  # FilterSummary
+    fails = f" ({', '.join(f'{k}: {v}' for k, v in sorted(s.failures.items()))})" if s.failures else ""
     err.print(
-        f"kept {summary.kept}, removed {summary.removed} (filter rate {summary.rate:.0%}), "
-        f"no verdict {summary.failed}; removed pairs with verdicts: {summary.removed_file}",
+        f"kept {s.kept}, removed {s.removed} (filter rate {s.rate:.0%}), no verdict {s.failed}{fails} "
+        f"of {s.pairs} pairs; removed pairs with verdicts: {s.removed_file}",
         highlight=False,
     )
-    out.print(f"kept pairs written to {summary.output}", highlight=False)
+    tokens = usage_totals(s.judge_usage)
+    err.print(
+        f"judge {s.model}: {s.llm_calls} calls, {s.cache_hits} cache hits, tokens in {tokens['tokens_in']:,} "
+        f"out {tokens['tokens_out']:,} | wall time: {s.wall_seconds:.1f}s",
+        highlight=False,
+    )
+    if s.batch:
+        b = s.batch
+        err.print(f"batch: {b['rounds']} rounds, {b['batches_created']} batches created, "
+                  f"{b['batches_attached']} re-attached, {b['waited_seconds']:.0f}s waited", highlight=False)
+    if s.cost_usd:
+        priced = " at batch prices" if s.batch else ""
+        err.print(f"estimated cost{priced}: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
+    out.print(f"kept pairs written to {s.output}", highlight=False)
 
 
 @dataclass

@@ -1,39 +1,86 @@
 """`rmboost filter`: keep a pair only when the judge, in both orders, agrees with its label
-(the paper's optional quality check, Appendix B). Removed pairs go to a side file with verdicts."""
+(the paper's optional quality check, Appendix B). Removed pairs go to a side file with verdicts.
+
+The job, like generate's: take the output's lock (one writer per output, data/output_lock.py),
+check every pair in one streaming pass (a bad row stops the job before any call, naming its
+file and line), then stream the pairs through a window of judgements: at most `width` in flight
+(the concurrency; in batch mode --batch-rows or every pair, so that a round holds them all) and
+at most twice that read and not yet written. Kept and removed pairs are written in input order
+as they finish, to temporary files renamed into place at the end: a crash leaves no half file
+under either name, and a re-run answers what was already judged from the request cache. The
+closing summary, with tokens and cost, goes to `<name>.summary.json`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rmboost.data.inputs import read_rows
+from rich.console import Console
+
+from rmboost.data.inputs import InputError, iter_located_rows
 from rmboost.data.messages import inputs_row, response_text
-from rmboost.data.pairs import atomic_write_jsonl, sidecar
+from rmboost.data.output_lock import hold_output
+from rmboost.data.pairs import StagedJsonl, sidecar
+from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
 from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
-from rmboost.methods.judge import JudgeOptions, open_judge
+from rmboost.methods.judge import Judge, JudgeOptions, open_judge
+from rmboost.progress import JobProgress
 from rmboost.tasks import load_task
+
+Judged = tuple[dict[str, Any], bool]  # (the pair with its verdict, kept?)
 
 
 @dataclass
 class FilterSummary:
-    kept: int
-    removed: int
-    failed: int  # the judge gave no usable verdict; kept out of both files' counts, listed in removed
     output: str
     removed_file: str
+    task: str
+    model: str
+    pairs: int  # in the input
+    kept: int
+    removed: int  # the judge preferred `rejected`, tied or contradicted itself
+    failed: int  # the judge gave no usable verdict; listed in the removed file, counted apart
+    failures: dict[str, int]  # the failed ones by reason
     judge_usage: dict[str, Any]
+    cost_usd: dict[str, float] | None
+    llm_calls: int
+    cache_hits: int
+    wall_seconds: float
     batch: dict[str, Any] | None = None  # batch mode: rounds, batches, time waited
 
     @property
     def rate(self) -> float:
         judged = self.kept + self.removed
         return self.removed / judged if judged else 0.0
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "filter_rate": round(self.rate, 4)}, indent=2)
+
+
+def judged_pair(where: str, index: int, pair: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """What the judge is shown of a pair: its task inputs, and chosen and rejected as text."""
+    for name in ("chosen", "rejected"):
+        if pair.get(name) is None:
+            raise InputError(f"{where}: missing field {name!r}")
+    return (inputs_row(pair, index, where), response_text(pair["chosen"], where, "chosen"),
+            response_text(pair["rejected"], where, "rejected"))
+
+
+def check_pairs(path: str | Path) -> int:
+    """Check every pair as the judge will need it, in one streaming pass; returns how many there are."""
+    count = 0
+    for count, (where, pair) in enumerate(iter_located_rows(path), 1):
+        judged_pair(where, count - 1, pair)
+    return count
 
 
 async def run_filter(
@@ -47,68 +94,105 @@ async def run_filter(
     concurrency: int = 1,
     judge_backend: Any = None,
     batch: BatchOptions | None = None,
-    report: Callable[[str], None] | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+    price_in: float | None = None,
+    price_out: float | None = None,
 ) -> FilterSummary:
-    pairs = read_rows(pairs_path)
-    rows = [inputs_row(p, i, str(pairs_path)) for i, p in enumerate(pairs)]
-    texts = [
-        (response_text(p.get("chosen"), f"{pairs_path}, row {i}", "chosen"),
-         response_text(p.get("rejected"), f"{pairs_path}, row {i}", "rejected"))
-        for i, p in enumerate(pairs)
-    ]
+    """Filter one pair file. While another job writes the same output this one stops with
+    OutputBusy (a ValueError naming that job) before it reads a row or calls anyone."""
+    started = time.monotonic()
     task = load_task(task_name)
-    if batch is not None and not batch.enabled:
-        batch = None
+    batch = batch if batch is not None and batch.enabled else None
     if batch is not None and cache_path is None:
         raise ValueError("--batch needs the request cache: answers and batch state live there")
     if batch is not None and batch.transport == "command":
         judge_backend = judge_backend or command_backend(judge_opts.connection())
-    cache = RequestCache(cache_path) if cache_path else None
-    kept: list[dict[str, Any]] = []
-    removed: list[dict[str, Any]] = []
-    failed = 0
-    runner = None
-    # Batch mode: every pair in flight (or --batch-rows of them), so that a round holds them all.
-    width = (batch.rows or len(pairs)) if batch is not None else concurrency
-    semaphore = asyncio.Semaphore(max(1, width))
-    try:
-        async with open_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend) as judge:
-            if batch is not None:
-                assert cache is not None
-                runner = BatchRunner(cache, batch, judge_opts.max_attempts, report=report)
-                runner.attach(judge.ctx.llm, judge_opts.connection())
-
-            async def one(pair: dict[str, Any], row: dict[str, Any], chosen: str, rejected: str) -> None:
-                nonlocal failed
-                async with semaphore:
-                    try:
-                        verdict = await judge.compare(row, chosen, rejected, step="filter")
-                    except StepFailed as fail:
-                        failed += 1
-                        removed.append({**pair, "filter": {"winner": None, "reason": fail.reason,
-                                                           "attempts": fail.attempts}})
-                        return
-                record = {**pair, "filter": verdict.as_record()}
-                (kept if verdict.winner == "a" else removed).append(record)
-
-            try:
-                await asyncio.gather(*(one(p, r, *t) for p, r, t in zip(pairs, rows, texts, strict=True)))
-            finally:
-                if runner is not None:
-                    await runner.aclose()
-    finally:
-        if cache is not None:
-            cache.close()
-    order = {p.get("id"): i for i, p in enumerate(pairs)}
-    kept.sort(key=lambda r: order.get(r.get("id"), 0))
-    removed.sort(key=lambda r: order.get(r.get("id"), 0))
+    console = console or Console(stderr=True)
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out, kept)
-    removed_path = sidecar(out, "filtered")
-    atomic_write_jsonl(removed_path, removed)
-    return FilterSummary(
-        kept=len(kept), removed=len(removed) - failed, failed=failed, output=str(out),
-        removed_file=str(removed_path), judge_usage=judge.usage(),
-        batch=runner.summary() if runner is not None else None,
-    )
+    with hold_output(out):
+        total = check_pairs(pairs_path)
+        cache = RequestCache(cache_path) if cache_path else None
+        kept, removed = StagedJsonl(out), StagedJsonl(sidecar(out, "filtered"))
+        runner = None
+        try:
+            async with open_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend) as judge:
+                if batch is not None:
+                    assert cache is not None
+                    runner = BatchRunner(cache, batch, judge_opts.max_attempts,
+                                         report=lambda m: console.print(m, highlight=False))
+                    runner.attach(judge.ctx.llm, judge_opts.connection())
+
+                shown = (lambda: f"written: kept {kept.count}, removed {removed.count}",  # removed: with no verdict
+                         getattr(judge.ctx.llm.backend, "load_status", None), runner.status_line if runner else None)
+                progress = JobProgress(total=total, usage=judge.ctx.llm.usage, console=console,
+                                       enabled=show_progress, status=[s for s in shown if s])
+                if runner is not None:
+                    runner.on_update = progress.refresh
+                width = max(1, (batch.rows or total) if batch is not None else concurrency)
+                try:
+                    with progress:
+                        await _judge_all(judge, pairs_path, width, progress, kept, removed)
+                finally:
+                    if runner is not None:
+                        await runner.aclose()
+            removed.commit()
+            kept.commit()
+        except BaseException:
+            kept.discard()
+            removed.discard()
+            raise
+        finally:
+            if cache is not None:
+                cache.close()
+        usage, failed = judge.ctx.llm.usage, sum(progress.failures.values())
+        summary = FilterSummary(
+            output=str(out), removed_file=str(removed.path), task=task.name, model=judge.ctx.llm.backend.model,
+            pairs=total, kept=kept.count, removed=removed.count - failed, failed=failed,
+            failures=dict(progress.failures), judge_usage=usage.as_dict(),
+            cost_usd=estimate_cost([usage.as_dict()], price_in, price_out, batch),
+            llm_calls=usage.total("calls"), cache_hits=usage.total("cache_hits"),
+            wall_seconds=round(time.monotonic() - started, 2),
+            batch=runner.summary() if runner is not None else None,
+        )
+        sidecar(out, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
+    return summary
+
+async def _judge_all(
+    judge: Judge, pairs_path: str | Path, width: int, progress: JobProgress, kept: StagedJsonl, removed: StagedJsonl,
+) -> None:
+    """Judge the pairs as they stream in, `width` at a time, and write each in input order.
+
+    The window holds the pairs read and not yet written (at most 2 x width): when it is full,
+    the oldest is awaited and written before the next pair is read.
+    """
+    semaphore = asyncio.Semaphore(width)
+
+    async def one(index: int, where: str, pair: dict[str, Any]) -> Judged:
+        row, chosen, rejected = judged_pair(where, index, pair)
+        async with semaphore:
+            try:
+                verdict = await judge.compare(row, chosen, rejected, step="filter")
+            except StepFailed as fail:
+                progress.advance(failed_reason=fail.reason)
+                return {**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}}, False
+        progress.advance()
+        return {**pair, "filter": verdict.as_record()}, verdict.winner == "a"
+
+    def write(judged: Judged) -> None:
+        record, keep = judged
+        (kept if keep else removed).write(record)
+
+    window: deque[asyncio.Task[Judged]] = deque()
+    try:
+        for index, (where, pair) in enumerate(iter_located_rows(pairs_path)):
+            window.append(asyncio.create_task(one(index, where, pair)))
+            if len(window) >= 2 * width:
+                write(await window.popleft())
+        while window:
+            write(await window.popleft())
+    except BaseException:
+        for task in window:
+            task.cancel()
+        await asyncio.gather(*window, return_exceptions=True)
+        raise

@@ -159,7 +159,7 @@ async def judge_scores(
 
     if (spec.low, spec.high) != (1.0, 10.0):
         raise ValueError(f"--scores-from judge rates on 1-10, but the goal scale is {spec.scale}: use --scale 1-10")
-    rows = [inputs_row(p.row, p.index, p.where.split(",")[0]) for p in pairs]
+    rows = [inputs_row(p.row, p.index, p.where) for p in pairs]
     task = load_task(task_name)
     cache = RequestCache(cache_path) if cache_path else None
     todo: dict[str, tuple[dict[str, Any], str]] = {}

@@ -65,12 +65,17 @@ def read_located_rows(path: str | Path, what: str = "pair file") -> list[tuple[s
 
     The location is what an error about the row names; `what` names the file when it is missing.
     """
+    return list(iter_located_rows(path, what))
+
+
+def iter_located_rows(path: str | Path, what: str = "pair file") -> Iterator[tuple[str, dict[str, Any]]]:
+    """`read_located_rows` as a stream: one row read at a time (a missing file fails at once)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
     if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
-        return [(f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path)]
-    return [(f"{path}, row {i}", row) for i, row in enumerate(iter_rows(path))]
+        return ((f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path))
+    return ((f"{path}, row {i}", row) for i, row in enumerate(iter_rows(path)))
 
 
 def get_field(row: dict[str, Any], name: str) -> Any:

@@ -105,12 +105,15 @@ def response_text(value: Any, where: str = "row", field_name: str = "response") 
     return "\n\n".join(assistant)
 
 
-def inputs_row(pair: dict[str, Any], index: int, source: str) -> dict[str, Any]:
-    """The task's input row of a pair ({id, **inputs}): what a judge is shown beside the responses."""
+def inputs_row(pair: dict[str, Any], index: int, where: str) -> dict[str, Any]:
+    """The task's input row of a pair ({id, **inputs}): what a judge is shown beside the responses.
+
+    `where` locates the pair for an error ("FILE, line N"); `index` is its position (its id if it has none).
+    """
     inputs = pair.get("inputs")
     if not isinstance(inputs, dict) or not inputs:
         raise InputError(
-            f"{source}, row {index} (id {pair.get('id')}): no 'inputs' column, which the judge needs to "
+            f"{where} (id {pair.get('id')}): no 'inputs' column, which the judge needs to "
             "see the task's inputs (pairs from rmboost generate and the QA-Feedback loader have it)"
         )
     return {"id": row_id(pair, index), **inputs}

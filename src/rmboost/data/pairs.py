@@ -223,6 +223,37 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
+class StagedJsonl:
+    """JSONL rows streamed to `<name>.tmp` beside `path`, renamed over `path` by `commit()`.
+
+    `path` is thus never a half file; `discard()` (any failure) removes the temporary one. The
+    name is fixed, so the caller must hold the output's lock (data/output_lock.py); a file left
+    by kill -9 is simply overwritten by the next run. A file replaced keeps its permissions.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.count = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.tmp.open("wb")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.count += 1
+
+    def commit(self) -> Path:
+        self._fh.close()
+        if self.path.exists():
+            os.chmod(self.tmp, self.path.stat().st_mode & 0o7777)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self._fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write `rows` (any iterable, consumed as a stream) as JSONL, atomically."""
 

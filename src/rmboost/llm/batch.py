@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,6 @@ class BatchOptions:
             raise OptionError("--batch-transport command needs --batch-command '... {input} ... {output}'")
 
 
-BATCH_PRICING = ("discount", "price_in", "price_out")  # only where a cost is estimated (generate)
-BATCH_SENDING = tuple(f.name for f in fields(BatchOptions) if f.name not in BATCH_PRICING)
 
 
 @dataclass
