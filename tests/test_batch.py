@@ -7,9 +7,12 @@ counters (batches created, lines answered, duplicates) say whether anything was 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -512,3 +515,191 @@ def test_a_round_holds_every_prompt_in_flight_from_the_streamed_input(tmp_path: 
     again = run(run_generate(replace(cfg, limit=None), Console(file=text, width=200)))
     assert f"batch round 1: {min(rows or 10, 10 - first.pairs_total)} requests" in text.getvalue()
     assert again.resumed == first.pairs_total and again.pairs_total + sum(again.failures.values()) == 10
+
+
+# --------------------------------------------------------------------------- reading a large batch
+
+
+async def ask_in_one_batch(cache_path: Path, workdir: Path, n: int, count: Path) -> tuple[list[Any], dict[str, Any]]:
+    """n different requests through a BatchRunner with the command transport: one round, one batch."""
+    from rmboost.llm import LLM
+    from rmboost.llm.batch import BatchRunner
+    from rmboost.llm.batch_command import CommandBackend
+    from rmboost.llm.cache import RequestCache
+
+    cache = RequestCache(cache_path)
+    runner = BatchRunner(cache, BatchOptions(enabled=True, transport="command", command=command("--count", str(count)),
+                                             poll_interval=0.02, workdir=workdir))
+    llm = LLM(CommandBackend(MODEL), cache)
+    runner.attach(llm, BackendOptions(model=MODEL))
+    params = SamplingParams(max_tokens=16)
+    try:
+        answers = await asyncio.gather(*(llm.complete([{"role": "user", "content": f"Question {i}?"}], params,
+                                                      step="y1") for i in range(n)))
+    finally:
+        await runner.aclose()
+        cache.close()
+    return answers, runner.summary()
+
+
+class AnswerTransactions:
+    """Counts the SQLite transactions that write answers (`requests` rows) or batch outcomes, on
+    every connection opened while it is installed: a BEGIN..COMMIT holding such a write, or
+    such a statement run on its own (autocommit)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.count = 0
+        connect = sqlite3.connect
+
+        def counting_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            db = connect(*args, **kwargs)
+            state = {"open": False, "writes": False}
+
+            def trace(sql: str) -> None:
+                head = sql.lstrip().split(None, 1)[0].upper()
+                if head == "BEGIN":
+                    state.update(open=True, writes=False)
+                elif head in ("COMMIT", "END", "ROLLBACK"):
+                    self.count += head != "ROLLBACK" and state["writes"]
+                    state.update(open=False, writes=False)
+                elif "INTO requests " in sql or sql.startswith("UPDATE batch_requests"):
+                    if state["open"]:
+                        state["writes"] = True
+                    else:
+                        self.count += 1
+
+            db.set_trace_callback(trace)
+            return db
+
+        monkeypatch.setattr(sqlite3, "connect", counting_connect)
+
+
+def test_a_batch_read_commits_its_answers_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Answers read from one result file go into the cache READ_CHUNK to a transaction (their
+    outcomes too), not one transaction each."""
+    from rmboost.llm.batch import READ_CHUNK
+    from rmboost.llm.batch_store import BatchStore
+    from rmboost.llm.cache import RequestCache
+
+    n = 2 * READ_CHUNK + READ_CHUNK // 2
+    transactions = AnswerTransactions(monkeypatch)
+    answers, summary = run(ask_in_one_batch(tmp_path / "c.sqlite", tmp_path / "work", n, tmp_path / "runs.txt"))
+    assert summary["batches_created"] == 1 and len(answers) == n
+    assert len({a.text for a in answers}) > n // 2 and not any(a.cached for a in answers)
+    # 3 chunks: 3 transactions of answers and 3 of outcomes (one each per answer before).
+    assert 0 < transactions.count <= 2 * math.ceil(n / READ_CHUNK)
+    assert len(RequestCache(tmp_path / "c.sqlite")) == n
+    store = BatchStore(tmp_path / "c.sqlite")
+    [batch] = store.batches()
+    assert batch.state == "done" and set(store.outcomes(batch.id).values()) == {"ok"}
+    store.close()
+
+
+KILL_AT_SECOND_COMMIT = """
+import asyncio, os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_batch import ask_in_one_batch
+from rmboost.llm.cache import RequestCache
+
+commit = RequestCache.commit
+commits = []
+
+def commit_then_die(self):
+    commits.append(1)
+    if len(commits) == 2:  # the second chunk is read, not committed yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    commit(self)
+
+RequestCache.commit = commit_then_die
+asyncio.run(ask_in_one_batch(Path({cache!r}), Path({work!r}), {n}, Path({count!r})))
+"""
+
+
+def test_a_run_killed_while_reading_a_batch_reads_it_again_and_pays_nothing(tmp_path: Path):
+    """kill -9 between two chunks of a batch read: the first chunk is in the cache, the batch is
+    still `reading`; the next run reads the same result file again, sending no new batch."""
+    from rmboost.llm.batch import READ_CHUNK
+    from rmboost.llm.batch_store import BatchStore
+    from rmboost.llm.cache import RequestCache
+
+    n = 2 * READ_CHUNK + 10
+    cache, work, count = tmp_path / "c.sqlite", tmp_path / "work", tmp_path / "runs.txt"
+    child = KILL_AT_SECOND_COMMIT.format(tests=str(TESTS), cache=str(cache), work=str(work), n=n, count=str(count))
+    killed = subprocess.run([sys.executable, "-c", child], env=env(), capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(RequestCache(cache)) == READ_CHUNK  # the first chunk only
+    store = BatchStore(cache)
+    [batch] = store.batches()
+    assert batch.state == "reading"
+    store.close()
+
+    answers, summary = run(ask_in_one_batch(cache, work, n, count))
+    assert len(answers) == n and sum(not a.cached for a in answers) == n - READ_CHUNK
+    assert summary["batches_created"] == 0 and summary["batches_attached"] == 1
+    assert count.read_text().count("\n") == 1  # the batch command ran once, in the killed run
+    assert len(RequestCache(cache)) == n
+    store = BatchStore(cache)
+    assert [b.state for b in store.batches()] == ["done"]
+    store.close()
+
+
+def test_an_error_while_reading_a_batch_keeps_what_was_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A result file that breaks off (a failed download): the answers read so far are committed,
+    the batch stays `reading`, and the next run reads it again without a new batch."""
+    from rmboost.llm.batch import READ_CHUNK
+    from rmboost.llm.batch_command import CommandBatchTransport
+    from rmboost.llm.cache import RequestCache
+
+    results = CommandBatchTransport.results
+    n, cut = 2 * READ_CHUNK, READ_CHUNK + READ_CHUNK // 2
+
+    async def breaking_off(self: CommandBatchTransport, record: Any) -> Any:
+        read = 0
+        async for obj in results(self, record):
+            if read == cut:
+                raise OSError("the result file went away")
+            read += 1
+            yield obj
+
+    monkeypatch.setattr(CommandBatchTransport, "results", breaking_off)
+    cache, work, count = tmp_path / "c.sqlite", tmp_path / "work", tmp_path / "runs.txt"
+    with pytest.raises(OSError, match="went away"):
+        run(ask_in_one_batch(cache, work, n, count))
+    assert len(RequestCache(cache)) == cut
+
+    monkeypatch.setattr(CommandBatchTransport, "results", results)
+    answers, summary = run(ask_in_one_batch(cache, work, n, count))
+    assert len(answers) == n and sum(a.cached for a in answers) == cut
+    assert summary["batches_created"] == 0 and summary["batches_attached"] == 1
+    assert count.read_text().count("\n") == 1
+
+
+def test_a_resumed_round_waits_while_the_job_reads_past_finished_prompts(tmp_path: Path):
+    """Long stretches of finished prompts between the few still to do: the job hands the event
+    loop a turn every SCAN_CHUNK rows it skips, and the round does not take those quiet turns for
+    the end of the round; it holds every prompt still to do."""
+    import io
+
+    from rich.console import Console
+
+    from rmboost.data.job_index import SCAN_CHUNK
+
+    n = 16 * SCAN_CHUNK
+    todo = {0, n // 2, n - 1}  # 8 * SCAN_CHUNK finished rows between two of them
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n)
+    out = tmp_path / "out" / "pairs.jsonl"
+    out.parent.mkdir()
+    with out.open("w") as fh:
+        for i in range(n):
+            if i not in todo:
+                fh.write(json.dumps({"id": f"p{i}", "prompt": "p", "chosen": "c", "rejected": "r", "label": "worse"})
+                         + "\n")
+    opts = BatchOptions(enabled=True, transport="command", command=command(), poll_interval=0.02,
+                        workdir=tmp_path / "work")
+    cfg = GenerateConfig(task="qa_feedback", input=str(prompts), output=out, backend=BackendOptions(model=MODEL),
+                         cache=tmp_path / "c.sqlite", show_progress=False, batch=opts, labels="worse")
+    text = io.StringIO()
+    summary = run(run_generate(cfg, Console(file=text, width=200)))
+    assert "batch round 1: 3 requests" in text.getvalue(), text.getvalue()
+    assert summary.resumed == n - 3 and summary.pairs_total + sum(summary.failures.values()) == n

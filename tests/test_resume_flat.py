@@ -14,6 +14,7 @@ import json
 import random
 import re
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,189 @@ def test_merge_streams_and_names_a_repeated_id(tmp_path: Path):
     assert result.exit_code == 2
     assert f"id '2' is in both {a} and {b}" in result.output
     assert not (tmp_path / "m.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- the event loop during scans
+
+
+def write_finished_pairs(path: Path, ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for i, rid in enumerate(ids):
+            fh.write(json.dumps({"id": rid, "prompt": "p", "chosen": "c", "rejected": "r",
+                                 "label": "better" if i % 2 else "worse"}) + "\n")
+
+
+def test_the_scans_of_a_resume_give_the_event_loop_turns(tmp_path: Path):
+    """Reading the input, the output's finished pairs and the rows still to do: another task on
+    the loop (the progress line, the batch runner, Ctrl-C's cancellation) runs every SCAN_CHUNK
+    rows, not only once a scan of many rows is over."""
+    from rmboost.data.job_index import SCAN_CHUNK, JobIndex
+    from rmboost.job_inputs import index_inputs, todo_rows
+    from rmboost.tasks import load_task
+
+    n = 5 * SCAN_CHUNK
+    source = PromptSource(input=str(write_prompts(tmp_path / "in.jsonl", n)))
+    out = tmp_path / "out" / "pairs.jsonl"
+    write_finished_pairs(out, [f"p{i}" for i in range(n - 1)])  # all but the last are done
+    task = load_task("qa_feedback")
+
+    async def scans() -> tuple[dict[str, int], list[str], int, int]:
+        ticks = 0
+        turns: dict[str, int] = {}
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        async def count(name: str, scan: Any) -> Any:
+            before = ticks
+            result = await scan
+            turns[name] = ticks - before
+            return result
+
+        async def todo() -> list[str]:
+            return [row["id"] async for row in todo_rows(source, task, None, index, (1, 1), on_turn=on_turn)]
+
+        def on_turn() -> None:
+            nonlocal calls
+            calls += 1
+
+        calls = 0
+        index = JobIndex()
+        task_ = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        try:
+            await count("inputs", index_inputs(source, task, None, index))
+            writer = PairWriter(out, index, scan=False)
+            await count("output", writer.scan())
+            left = await count("todo", todo())
+            size = len(writer)
+            writer.close()
+        finally:
+            task_.cancel()
+            index.close()
+        return turns, left, size, calls
+
+    turns, left, size, calls = run(scans())
+    assert left == [f"p{n - 1}"] and size == n - 1
+    assert calls == n // SCAN_CHUNK  # on_turn: once per chunk of rows read
+    assert turns["inputs"] >= n // SCAN_CHUNK - 1
+    assert turns["output"] >= (n - 1) // SCAN_CHUNK - 1
+    assert turns["todo"] >= n // SCAN_CHUNK - 1
+
+
+def test_a_scanned_writer_resumes_as_the_constructor_does(tmp_path: Path):
+    """`PairWriter(out, scan=False)` + `await scan()` indexes and cuts a torn tail like `PairWriter(out)`."""
+    from rmboost.data.job_index import SCAN_CHUNK
+
+    out = tmp_path / "pairs.jsonl"
+    ids = [f"p{i}" for i in range(SCAN_CHUNK + 3)]
+    write_finished_pairs(out, ids)
+    with out.open("a") as fh:
+        fh.write('{"id": "torn", "prom')
+    whole = out.stat().st_size
+
+    async def scanned() -> PairWriter:
+        writer = PairWriter(out, scan=False)
+        await writer.scan()
+        return writer
+
+    writer = run(scanned())
+    assert len(writer) == len(ids) and "torn" not in writer and out.stat().st_size < whole
+    writer.write({"id": "new", "prompt": "p", "chosen": "c", "rejected": "r"})
+    writer.finalize(order=["new", *ids])
+    writer.close()
+    assert [r["id"] for r in read_jsonl(out)] == ["new", *ids]
+
+
+# --------------------------------------------------------------------------- Parquet output, streamed
+
+
+def heterogeneous_pairs(n: int) -> list[dict[str, Any]]:
+    """Pair rows whose types settle only late in the file: what a row group alone would not show."""
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {
+            "id": f"p{i}", "prompt": f"Question {i}? é 中文", "chosen": "c" * (i % 50), "rejected": "r",
+            "label": "better" if i % 2 else "worse",
+            "score": i if i < n - 3 else i + 0.5,  # ints, then floats at the very end
+            "note": None if i < n // 2 else f"n{i}",  # None for the first half
+            "request_ids": [] if i < n // 3 else [f"k{i}", f"k{i + 1}"],  # empty lists first
+            # a nested dict whose fields grow: "reference" appears late, "extra" only in one row
+            "inputs": {"question": f"Q{i}", "passages": "P", **({"reference": f"A{i}"} if i > n // 2 else {}),
+                       **({"extra": 1.5} if i == n - 2 else {})},
+            "filter": None if i % 3 else {"winner": "a", "orders": [{"first": "a", "decision": i % 2 == 0}]},
+        }
+        if i == 1:
+            row["late"] = "a key not in the first row (from_pylist drops it)"
+        rows.append(row)
+    return rows
+
+
+def test_streamed_parquet_is_the_table_built_in_one_piece(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rmboost.data import pairs
+
+    rows = heterogeneous_pairs(600)
+    reference = tmp_path / "reference.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), reference)  # what finalize wrote before
+    monkeypatch.setattr(pairs, "ROW_GROUP_BYTES", 4_000)  # many small row groups
+
+    out = tmp_path / "pairs.parquet"
+    writer = PairWriter(out)
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)  # finished out of order, as concurrent workers do
+    for row in shuffled:
+        writer.write(row)
+    writer.finalize(order=[r["id"] for r in rows])
+    writer.close()
+
+    new, old = pq.read_table(out), pq.read_table(reference)
+    assert pq.ParquetFile(out).metadata.num_row_groups > 10
+    assert new.schema.equals(old.schema) and new.equals(old)
+    assert new.schema.field("score").type == pa.float64() and "late" not in new.column_names
+    assert new.to_pylist() == old.to_pylist()
+
+    for few in ([], rows[:1]):  # no pairs at all, and a single one
+        lines = [json.dumps(r).encode() for r in few]
+        pairs.write_parquet(tmp_path / "e.parquet", lambda lines=lines: iter(lines))
+        pq.write_table(pa.Table.from_pylist(few), reference)
+        assert pq.read_table(tmp_path / "e.parquet").equals(pq.read_table(reference))
+
+
+def test_streamed_parquet_holds_one_row_group_of_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The Parquet output of a job holds no more than a row group of pairs as Python objects."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rmboost.data import pairs
+
+    monkeypatch.setattr(pairs, "ROW_GROUP_BYTES", 200_000)
+    working = tmp_path / "rows.jsonl"
+    with working.open("w", encoding="utf-8") as fh:
+        for i in range(4_000):
+            fh.write(json.dumps({"id": f"p{i}", "prompt": "x" * 1_000, "chosen": "c" * 500, "rejected": "r" * 500,
+                                 "inputs": {"question": f"Q{i}", "passages": "P" * 200}}) + "\n")
+    size = working.stat().st_size
+    assert size > 8_000_000
+
+    with working.open("rb") as src:
+
+        def lines() -> Iterator[bytes]:
+            src.seek(0)
+            return iter(src.readline, b"")
+
+        tracemalloc.start()
+        try:
+            pairs.write_parquet(tmp_path / "out.parquet", lines)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 3_000_000, f"held {peak / 1e6:.1f} MB of Python objects for {size / 1e6:.0f} MB of pairs"
+    expected = pa.Table.from_pylist(read_jsonl(working))
+    assert pq.read_table(tmp_path / "out.parquet").equals(expected) and expected.num_rows == 4_000

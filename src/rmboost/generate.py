@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.backends import BackendOptions, make_backend
-from rmboost.data.job_index import JobIndex
+from rmboost.data.job_index import JobIndex, in_chunks
 from rmboost.data.messages import to_conversational
 from rmboost.data.output_lock import hold_output
 from rmboost.data.pairs import (
@@ -197,13 +197,21 @@ async def _run_job(
     judge_backend: Backend | None, started: float,
 ) -> GenerateSummary:
     source, shard = pick(PromptSource, cfg), cfg.shard or (1, 1)
-    index_inputs(source, task, cfg.y1_from, index)
+    # The passes over the input and the output read every row, handing the event loop a turn
+    # every few thousand (a million-row resume keeps Ctrl-C and the progress line responsive).
+    await index_inputs(source, task, cfg.y1_from, index)
     output = Path(cfg.output)
-    writer = PairWriter(output, index)
+    writer = PairWriter(output, index, scan=False)
     failures = FailureLog(sidecar(output, "failures"))
     removed = FailureLog(sidecar(output, "filtered"))
-    if removed.path.exists():  # a filtered pair is a finished decision
-        index.add_settled(row["id"] for _, _, row in iter_jsonl_tolerant(removed.path))
+    try:
+        await writer.scan()
+        if removed.path.exists():  # a filtered pair is a finished decision
+            async for ids in in_chunks(row["id"] for _, _, row in iter_jsonl_tolerant(removed.path)):
+                index.add_settled(ids)
+    except BaseException:
+        writer.close()
+        raise
     prompts = index.count_inputs(shard)
     resumed = index.count_inputs(shard, "paired")
     todo = index.count_inputs(shard, "todo")
@@ -256,8 +264,10 @@ async def _run_job(
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=n_workers)
 
         async def produce() -> None:
-            for row in todo_rows(source, task, cfg.y1_from, index, shard) if todo else ():
-                await queue.put(row)
+            if todo:  # in batch mode a stretch of finished rows keeps the round open, as new requests do
+                async for row in todo_rows(source, task, cfg.y1_from, index, shard,
+                                           on_turn=runner.keep_open if runner is not None else None):
+                    await queue.put(row)
             for _ in range(n_workers):
                 await queue.put(None)  # one stop sign per worker
 

@@ -7,12 +7,15 @@ a stream, twice, so that memory does not grow with the job:
    by input position in the job's on-disk index (data/job_index.py); a repeated id fails there.
 2. `todo_rows`: this shard's rows that have no pair and no settled decision yet, for the workers.
    A row whose id is not the one recorded at its position means the file changed in between.
+
+Both are async and hand the event loop a turn every SCAN_CHUNK rows they read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from rmboost.data.inputs import (
     repeated_id,
     unique_ids,
 )
-from rmboost.data.job_index import JobIndex
+from rmboost.data.job_index import SCAN_CHUNK, JobIndex, in_chunks
 from rmboost.options import option
 from rmboost.tasks import TaskSpec
 
@@ -87,24 +90,35 @@ def validate_row(row: dict[str, Any], src: PromptSource, task: TaskSpec, y1_from
         )
 
 
-def index_inputs(src: PromptSource, task: TaskSpec, y1_from: str | None, index: JobIndex) -> None:
-    """The first pass: validate every row and record its id by position (a repeated id fails)."""
+async def index_inputs(src: PromptSource, task: TaskSpec, y1_from: str | None, index: JobIndex) -> None:
+    """The first pass: validate every row and record its id by position (a repeated id fails),
+    handing the event loop a turn every SCAN_CHUNK rows."""
 
     def checked() -> Iterator[tuple[int, str]]:
         for row in iter_prompt_rows(src):
             validate_row(row, src, task, y1_from)
             yield row["_index"], row["id"]
 
-    if (repeat := index.add_inputs(checked())) is not None:
-        raise repeated_id(str(src.input), *repeat)
+    async for chunk in in_chunks(checked()):
+        if (repeat := index.add_inputs(chunk)) is not None:
+            raise repeated_id(str(src.input), *repeat)
 
 
-def todo_rows(
-    src: PromptSource, task: TaskSpec, y1_from: str | None, index: JobIndex, shard: tuple[int, int]
-) -> Iterator[dict[str, Any]]:
-    """The second pass: the rows of shard (k, N) still to do, in input order."""
+async def todo_rows(
+    src: PromptSource, task: TaskSpec, y1_from: str | None, index: JobIndex, shard: tuple[int, int],
+    on_turn: Callable[[], None] | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """The second pass: the rows of shard (k, N) still to do, in input order.
+
+    Every SCAN_CHUNK rows read it hands the event loop a turn (a resumed job may read a
+    million finished rows before the next one to do), calling `on_turn` first.
+    """
     k, n = shard
-    for row in iter_prompt_rows(src):
+    for count, row in enumerate(iter_prompt_rows(src), 1):
+        if count % SCAN_CHUNK == 0:
+            if on_turn is not None:
+                on_turn()
+            await asyncio.sleep(0)
         pos = row["_index"]
         if pos % n != k - 1:
             continue

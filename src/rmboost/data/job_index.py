@@ -10,16 +10,32 @@ and by the OS when the process dies; its page cache is capped, so its memory is 
 * `settled`: ids whose pair was decided without a line in the output (removed by the filter).
 
 Nothing here is durable: the working file is the record, and every run rebuilds the index
-from it.
+from it. The passes that fill it read every row of a file (a million, on a large resume), so
+they go `SCAN_CHUNK` rows at a time and hand the event loop a turn between chunks (`in_chunks`):
+the progress line, the batch runner and Ctrl-C are not held up for the length of a scan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypeVar
 
 CACHE_KIB = 2_048  # SQLite's page cache for this index (its default); the rest stays on disk
+SCAN_CHUNK = 2_000  # rows a scan reads between two turns of the event loop
+
+T = TypeVar("T")
+
+
+async def in_chunks(rows: Iterable[T], size: int = SCAN_CHUNK) -> AsyncIterator[list[T]]:
+    """`rows` in lists of `size`, streamed, the event loop getting a turn after each list."""
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+        await asyncio.sleep(0)
 
 
 class JobIndex:

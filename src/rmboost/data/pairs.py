@@ -4,25 +4,28 @@ While a job runs, every finished pair is appended to a JSONL working file and fl
 (kill -9 keeps it). A re-run reads that file back once, noting each pair's id and byte offset
 in the job's index (rows are not kept), and skips the ids it holds. At the end the dataset is
 written in input order by copying those lines in order, atomically (temp file + rename); a
-file already in order is left as it is. JSONL output is streamed throughout; Parquet output is
-built as one table at the end (as before), so its last step holds the pairs in memory.
+file already in order is left as it is. Parquet output is streamed too: written at the end from
+the working file in row groups (`write_parquet`), the same table as building it in one piece.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import itertools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from rmboost.data.inputs import iter_rows
-from rmboost.data.job_index import JobIndex
+from rmboost.data.job_index import SCAN_CHUNK, JobIndex
 
 # TRL's preference columns first, then provenance.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+ROW_GROUP_BYTES = 8 << 20  # JSON bytes per row group of a Parquet output (the pairs held at once)
 
 
 def working_path(output: Path) -> Path:
@@ -87,7 +90,12 @@ class PairWriter:
     its own.
     """
 
-    def __init__(self, output: str | Path, index: JobIndex | None = None):
+    def __init__(self, output: str | Path, index: JobIndex | None = None, *, scan: bool = True):
+        """Open the output for appending and index the pairs it already holds.
+
+        With `scan=False` the indexing is left to `await scan()`, which hands the event loop a
+        turn every SCAN_CHUNK lines (an async job resuming a million pairs); write nothing before it.
+        """
         self.output = Path(output)
         check_output_name(self.output)
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -96,27 +104,43 @@ class PairWriter:
         self._owns_index = index is None
         if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
             atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
-        self._size = self._scan() if self.path.exists() else 0
-        self._fh = self.path.open("ab")
+        self._size = 0
+        self._fh = self.path.open("ab")  # O_APPEND: writes go to the end, wherever the scan cuts it
+        if scan:
+            for _ in self._scan():
+                pass
 
-    def _scan(self) -> int:
-        """Index every whole line of the working file; cut off a torn tail. Returns the good size."""
-        good = 0
+    async def scan(self) -> None:
+        """Index every whole line of the working file (cut off a torn tail), yielding to the event loop."""
+        steps = self._scan()
+        try:
+            for _ in steps:
+                await asyncio.sleep(0)
+        finally:
+            steps.close()
+
+    def _scan(self) -> Iterator[None]:
+        """Index the working file's lines a chunk (one transaction) at a time, yielding after
+        each; at the end cut off a torn tail and note the good size."""
 
         def lines() -> Iterator[tuple[str, int, int, str | None]]:
-            nonlocal good
             for offset, length, row in iter_jsonl_tolerant(self.path):
                 if not isinstance(row, dict) or "id" not in row:
                     raise ValueError(f"{self.path}: the pair at byte {offset} has no 'id'")
                 yield row["id"], offset, length, _label(row)
-                good = offset + length
 
-        with self.index.batch():
-            self.index.add_lines(lines())
+        good = 0
+        rows = lines()
+        while chunk := list(itertools.islice(rows, SCAN_CHUNK)):
+            with self.index.batch():
+                self.index.add_lines(chunk)
+            _, offset, length, _ = chunk[-1]
+            good = offset + length
+            yield
         if good < self.path.stat().st_size:
             with self.path.open("r+b") as fh:
                 fh.truncate(good)
-        return good
+        self._size = good
 
     def __contains__(self, row_id: str) -> bool:
         return self.index.has_line(row_id)
@@ -146,13 +170,9 @@ class PairWriter:
                 with self.path.open("rb") as src:
                     atomic_write_bytes(self.output, lambda dst: _copy_spans(src, dst, self.index.ordered_spans()))
         else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            with self.path.open("rb") as src:
-                rows = [json.loads(_read_span(src, off, n)) for off, n in self.index.ordered_spans()]
             tmp = self.output.with_name(self.output.name + ".tmp")
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            with self.path.open("rb") as src:
+                write_parquet(tmp, lambda: (_read_span(src, off, n) for off, n in self.index.ordered_spans()))
             os.replace(tmp, self.output)
             self.path.unlink(missing_ok=True)
         return self.output
@@ -204,6 +224,61 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int, chunk: int =
             raise ValueError(f"{src.name}: shorter than its index says (at byte {start})")
         dst.write(data)
         start += len(data)
+
+
+def write_parquet(path: Path, lines: Callable[[], Iterable[bytes]]) -> None:
+    """Write JSON lines as a Parquet file, streamed: the table `pa.Table.from_pylist(all rows)`
+    would give, written in row groups of about ROW_GROUP_BYTES of JSON.
+
+    `lines()` is called twice (two passes, neither holding more than a row group): the first
+    settles the schema as from_pylist infers it from the whole list — the first row's keys, and
+    each column's type inferred from every value (here group by group, then unified: ints that
+    turn float later are float throughout, a dict column is a struct of the fields of every row
+    in order of first appearance, a column that is None in some groups takes the others' type);
+    the second converts each group to that schema and writes it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names: list[str] | None = None
+    types: dict[str, pa.DataType] = {}
+    for group in _row_groups(lines()):
+        if names is None:
+            names = list(group[0])
+        for name in names:
+            found = pa.infer_type([row.get(name) for row in group])
+            types[name] = found if name not in types else _unify(types[name], found)
+    if names is None:  # no rows: what from_pylist([]) gives, a table without columns
+        pq.write_table(pa.Table.from_pylist([]), path)
+        return
+    schema = pa.schema([(name, types[name]) for name in names])
+    with pq.ParquetWriter(path, schema) as writer:
+        for group in _row_groups(lines()):
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+
+
+def _row_groups(lines: Iterable[bytes]) -> Iterator[list[dict[str, Any]]]:
+    group: list[dict[str, Any]] = []
+    size = 0
+    for line in lines:
+        group.append(json.loads(line))
+        size += len(line)
+        if size >= ROW_GROUP_BYTES:
+            yield group
+            group.clear()  # the caller is done with it: never two groups held at once
+            size = 0
+    if group:
+        yield group
+
+
+def _unify(a: Any, b: Any) -> Any:
+    """The type one inference over the values of both types would give (pyarrow's permissive promotion)."""
+    import pyarrow as pa
+
+    if a == b:
+        return a
+    merged = pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive")
+    return merged.field("c").type
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:

@@ -4,9 +4,11 @@ In batch mode `LLM.complete()` hands a request that is not in the cache to the `
 which parks it on a future. When every coroutine of the job is waiting on such a future (nothing
 registered a request for a few turns of the event loop), the pending requests form a round: they
 are grouped by where they go, split into batch files within the provider's limits, recorded in
-the cache database (`batch_store`), sent, polled and read. Answers go into the request cache the
-moment they are read; then the futures resolve and the methods go on to their next step, which
-forms the next round. An RMBoost job is thus two rounds (y1, then y2) plus a round per retry.
+the cache database (`batch_store`), sent, polled and read. Answers go into the request cache as
+they are read, READ_CHUNK per transaction (the batch is marked read only once all are committed,
+so a killed run reads the file again); then the futures resolve and the methods go on to their
+next step, which forms the next round. An RMBoost job is thus two rounds (y1, then y2) plus a
+round per retry.
 
 Requests that already sit in an unfinished batch (a killed run's) join that batch instead of a new
 one. Per-request errors are retried in the next round up to `max_attempts` times when the
@@ -33,6 +35,7 @@ from rmboost.llm.types import Completion, FatalLLMError, LLMError
 from rmboost.options import OptionError, at_least, option
 
 TRANSPORTS = ("openai", "command")
+READ_CHUNK = 1_000  # answers read from a batch's results per cache transaction
 
 
 def _discount(value: float) -> str | None:
@@ -117,7 +120,7 @@ class BatchRunner:
         self._pending: dict[str, _Pending] = {}
         self._current: dict[str, _Pending] = {}
         self._attempts: Counter[str] = Counter()
-        self._registered = 0
+        self._activity = 0  # requests registered and keep_open() calls: a round waits while it moves
         self._driver: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
 
@@ -155,10 +158,16 @@ class BatchRunner:
         future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         entry = self._current.get(key) or self._pending.setdefault(key, _Pending(request, transport))
         entry.futures.append(future)
-        self._registered += 1
+        self._activity += 1
         if self._driver is None:
             self._driver = asyncio.create_task(self._drive())
         return await future
+
+    def keep_open(self) -> None:
+        """Something that may still add requests to this round made progress (the job reading
+        past prompts it finished earlier, handing the event loop a turn now and then): the round
+        waits for it as for a new request, instead of closing on those quiet turns."""
+        self._activity += 1
 
     # ------------------------------------------------------------------ rounds
 
@@ -182,11 +191,11 @@ class BatchRunner:
 
     async def _settle(self) -> None:
         """Wait until no coroutine registered a request for a while: everyone is waiting on us."""
-        quiet_turns, last, quiet_since = 0, self._registered, time.monotonic()
+        quiet_turns, last, quiet_since = 0, self._activity, time.monotonic()
         while quiet_turns < 5 or time.monotonic() - quiet_since < 0.05:
             await asyncio.sleep(0 if quiet_turns < 5 else 0.01)
-            if self._registered != last:
-                quiet_turns, last, quiet_since = 0, self._registered, time.monotonic()
+            if self._activity != last:
+                quiet_turns, last, quiet_since = 0, self._activity, time.monotonic()
             else:
                 quiet_turns += 1
 
@@ -306,28 +315,50 @@ class BatchRunner:
         return size
 
     async def _read(self, record: BatchRecord, transport: BatchTransport, errors: dict[str, tuple[str, str, bool]]) -> None:
+        """Put a finished batch's answers into the cache, `READ_CHUNK` of them per transaction.
+
+        The batch is marked read only after this returns, so a run killed before the last
+        commit finds it `reading` and reads the whole file again (answers already committed are
+        written again as the same rows): a lost chunk is read again, never paid again.
+        """
         answered = 0
-        async for obj in transport.results(record):
-            result = parse_result_line(obj)
-            request = self.store.request(record.id, result.key)
-            if request is None:
-                continue  # not one of this batch's requests
-            if result.body is not None:
-                try:
-                    completion = completion_from_body(result.body, request["messages"], params_of(request),
-                                                      request["backend"].get("model", ""))
-                except (KeyError, IndexError, TypeError, ValueError, LLMError) as exc:
-                    errors[result.key] = ("bad_response", f"unreadable batch answer ({exc})", False)
-                    self.store.set_outcome(record.id, result.key, "error: bad_response")
-                    continue
-                completion.request_id = result.key
-                self.cache.put(result.key, request, completion)
-                self.store.set_outcome(record.id, result.key, "ok")
-                errors.pop(result.key, None)
-                answered += 1
-            elif self.cache.get(result.key) is None:
-                errors[result.key] = (result.reason, result.message, result.retryable)
-                self.store.set_outcome(record.id, result.key, f"error: {result.reason}: {result.message}"[:500])
+        queued: set[str] = set()  # keys answered since the last commit (not in the cache yet)
+        outcomes: list[tuple[str, str]] = []
+
+        def commit() -> None:
+            done = list(outcomes)
+            outcomes.clear()
+            queued.clear()
+            self.cache.commit()  # the answers first: no outcome says "ok" for an answer not on disk
+            self.store.set_outcomes(record.id, done)
+
+        try:
+            async for obj in transport.results(record):
+                result = parse_result_line(obj)
+                request = self.store.request(record.id, result.key)
+                if request is None:
+                    continue  # not one of this batch's requests
+                if result.body is not None:
+                    try:
+                        completion = completion_from_body(result.body, request["messages"], params_of(request),
+                                                          request["backend"].get("model", ""))
+                    except (KeyError, IndexError, TypeError, ValueError, LLMError) as exc:
+                        errors[result.key] = ("bad_response", f"unreadable batch answer ({exc})", False)
+                        outcomes.append((result.key, "error: bad_response"))
+                    else:
+                        completion.request_id = result.key
+                        self.cache.queue(result.key, request, completion)
+                        queued.add(result.key)
+                        outcomes.append((result.key, "ok"))
+                        errors.pop(result.key, None)
+                        answered += 1
+                elif result.key not in queued and self.cache.get(result.key) is None:
+                    errors[result.key] = (result.reason, result.message, result.retryable)
+                    outcomes.append((result.key, f"error: {result.reason}: {result.message}"[:500]))
+                if len(outcomes) >= READ_CHUNK:
+                    commit()
+        finally:  # what was read before an error or Ctrl-C is kept, as each answer was before
+            commit()
         if record.status in ("expired", "cancelled"):
             self.report(f"batch {record.remote_id or record.id} {record.status} with {answered} of "
                         f"{record.n_requests} answered; the rest go into the next round")

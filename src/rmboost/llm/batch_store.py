@@ -142,8 +142,13 @@ class BatchStore:
         ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def set_outcome(self, batch_id: str, key: str, outcome: str) -> None:
-        self._db.execute("UPDATE batch_requests SET outcome = ? WHERE batch = ? AND key = ?", (outcome, batch_id, key))
+    def set_outcomes(self, batch_id: str, outcomes: Iterable[tuple[str, str]]) -> None:
+        """Record what became of requests of a batch, (key, outcome) pairs, in one transaction."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE batch_requests SET outcome = ? WHERE batch = ? AND key = ?",
+                ((outcome, batch_id, key) for key, outcome in outcomes),
+            )
 
     def outcomes(self, batch_id: str) -> dict[str, str | None]:
         rows = self._db.execute("SELECT key, outcome FROM batch_requests WHERE batch = ?", (batch_id,))

@@ -11,6 +11,11 @@ is committed. So nothing is ever built on an answer that is not on disk: no pair
 no follow-up request is sent for it before its row is. A kill -9 can lose only answers whose
 bytes arrived in the last tick and were not committed yet, as a per-answer commit could lose
 the one answer being written.
+
+Batch mode reads answers from a file that stays readable until the batch is marked read, so it
+queues them (`queue`) and commits a chunk at a time (`commit`) through the same queue: one
+transaction per chunk instead of one per answer, and a kill before the commit only means the
+file is read again.
 """
 
 from __future__ import annotations
@@ -128,7 +133,19 @@ class RequestCache:
 
     def put(self, key: str, request: dict[str, Any] | str, completion: Completion) -> None:
         """Commit one answer now (outside an event loop, or when a caller cannot wait a tick)."""
+        self.queue(key, request, completion)
+        self.commit()
+
+    def queue(self, key: str, request: dict[str, Any] | str, completion: Completion) -> None:
+        """Add one answer to the rows the next commit writes (`commit`, a tick's, or `close`'s).
+
+        Not on disk until then: for answers that can be read again if the process dies first
+        (a batch's result file), queued many at a time and committed together.
+        """
         self._pending.append(self._row(key, request, completion))
+
+    def commit(self) -> None:
+        """Commit every queued row in one transaction."""
         self._commit_pending()
 
     async def store(self, key: str, request: dict[str, Any] | str, completion: Completion) -> None:
