@@ -209,6 +209,10 @@ def test_real_commands_reject_bad_values_by_flag(tmp_path):
         (["generate", "-o", "o.jsonl", "--scorer", "best"], "--scorer 'best': use judge or rm:PATH"),
         (["relabel", "p.jsonl", "-o", "o.jsonl", "--chosen-fine-grained", "a"],
          "give both --chosen-fine-grained and --rejected-fine-grained, or neither"),
+        # Zero or fewer requests in flight would start a job that never sends one.
+        (["generate", "-o", "o.jsonl", "--concurrency", "0"], "--concurrency must be >= 1"),
+        (["filter", "p.jsonl", "-o", "o.jsonl", "--concurrency", "-1"], "--concurrency must be >= 1"),
+        (["relabel", "p.jsonl", "-o", "o.jsonl", "--concurrency", "0"], "--concurrency must be >= 1"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

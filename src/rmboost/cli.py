@@ -18,7 +18,7 @@ from rmboost.generate import GenerateConfig
 from rmboost.llm.accounting import step_totals, usage_totals
 from rmboost.llm.batch import BatchOptions
 from rmboost.methods.judge import CONNECTION, JudgeOptions
-from rmboost.options import group, option, reuse
+from rmboost.options import at_least, group, option, reuse
 
 app = typer.Typer(
     name="rmboost",
@@ -113,7 +113,7 @@ class FilterOptions:
         "api_key_env": "Environment variable with the API key.",
     })
     judge: JudgeOptions = group(JudgeOptions, prefix="judge_", only=("mode", "temperature", "margin"))
-    concurrency: int = option(1, help="Judge requests in flight.")
+    concurrency: int = option(1, check=at_least(1), help="Judge requests in flight.")
     seed: int = option(0)
     cache: Path | None = option(None, help="Request cache (SQLite).")
     show_progress: bool = reuse(GenerateConfig, "show_progress")

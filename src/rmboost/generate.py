@@ -43,7 +43,7 @@ from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import balanced_label, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
-from rmboost.options import group, option, pick, reuse, validate
+from rmboost.options import at_least, group, option, pick, reuse, validate
 from rmboost.progress import JobProgress
 from rmboost.prompts import Label
 from rmboost.tasks import TaskSpec, load_task
@@ -79,7 +79,7 @@ class GenerateConfig:
     )
     conversational: bool = option(False, help="Write prompt/chosen/rejected as chat message lists.")
     backend: BackendOptions = group(BackendOptions)
-    concurrency: int = option(1, help="Requests in flight at once.")
+    concurrency: int = option(1, check=at_least(1), help="Requests in flight at once.")
     temperature: float = option(0.7)
     top_p: float = option(0.95)
     max_tokens: int = option(512, help="Per response.")

@@ -35,7 +35,7 @@ from rmboost.data.inputs import InputError
 from rmboost.data.messages import SourcePair, read_source_pairs
 from rmboost.data.pairs import atomic_write_jsonl, sidecar, write_summary
 from rmboost.methods.judge import CONNECTION, JudgeOptions
-from rmboost.options import group, option
+from rmboost.options import at_least, group, option
 
 SCORE_SOURCES = "columns, judge or rm:PATH"
 
@@ -136,7 +136,7 @@ class RelabelConfig:
               "mode": "logprobs (expected score from the next-token probabilities of 1-10) or text (parse the <score> tag).",
               "temperature": "Judge sampling temperature (text mode; 0: greedy)."},
     )
-    concurrency: int = option(1, help="Judge requests in flight.")
+    concurrency: int = option(1, check=at_least(1), help="Judge requests in flight.")
     seed: int = option(0)
     cache: Path | None = option(None, help="Request cache (SQLite); default ~/.cache/rmboost/llm-cache.sqlite.")
 
