@@ -88,15 +88,19 @@ def print_summary(summary: object) -> None:
         )
     if s.filter_rate is not None:
         err.print(f"filter: removed {s.filtered} pairs ({s.filter_rate:.0%} of those judged)", highlight=False)
-    if s.batch:
-        b = s.batch
-        err.print(f"batch: {b['rounds']} rounds, {b['batches_created']} batches created, "
-                  f"{b['batches_attached']} re-attached, {b['waited_seconds']:.0f}s waited", highlight=False)
-    if s.cost_usd:
-        priced = " at batch prices" if s.batch else ""
-        err.print(f"estimated cost{priced}: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
+    print_batch_and_cost(s.batch, s.cost_usd)
     err.print(f"failures: {s.failures_file}", highlight=False)
     out.print(f"pairs written to {s.output}", highlight=False)
+
+
+def print_batch_and_cost(batch: dict | None, cost_usd: dict | None) -> None:
+    """The closing lines generate and filter share: batch rounds, and the estimated cost."""
+    if batch:
+        err.print(f"batch: {batch['rounds']} rounds, {batch['batches_created']} batches created, "
+                  f"{batch['batches_attached']} re-attached, {batch['waited_seconds']:.0f}s waited", highlight=False)
+    if cost_usd:
+        priced = " at batch prices" if batch else ""
+        err.print(f"estimated cost{priced}: ${cost_usd['total']:.4f} (paid in this run: ${cost_usd['this_run']:.4f})")
 
 
 @dataclass
@@ -159,13 +163,7 @@ def print_filter_summary(summary: object) -> None:
         f"out {tokens['tokens_out']:,} | wall time: {s.wall_seconds:.1f}s",
         highlight=False,
     )
-    if s.batch:
-        b = s.batch
-        err.print(f"batch: {b['rounds']} rounds, {b['batches_created']} batches created, "
-                  f"{b['batches_attached']} re-attached, {b['waited_seconds']:.0f}s waited", highlight=False)
-    if s.cost_usd:
-        priced = " at batch prices" if s.batch else ""
-        err.print(f"estimated cost{priced}: ${s.cost_usd['total']:.4f} (paid in this run: ${s.cost_usd['this_run']:.4f})")
+    print_batch_and_cost(s.batch, s.cost_usd)
     out.print(f"kept pairs written to {s.output}", highlight=False)
 
 
