@@ -1,10 +1,11 @@
-"""`accelerate launch` with two processes on the CPU (gloo), against one process with the same flags.
+"""`accelerate launch` with two processes on the CPU, against one process with the same flags.
 
-The shipped config configs/accelerate/multi_gpu.yaml starts its processes through torchrun; on a
-machine without GPUs they train on the CPU with the gloo backend, so the same file and the same
-launcher path as on a GPU node are exercised. `--batch-size` is the global batch, so both runs see
-the same batches in the same order; TRL disables dropout, so they should train the same model up to
-the order of floating-point additions in the all-reduce.
+Both shipped configs run: configs/accelerate/multi_gpu.yaml starts its processes through torchrun
+and, on a machine without GPUs, they train on the CPU with gloo; deepspeed_zero2.yaml runs
+DeepSpeed's engine and ZeRO stage-2 optimizer on DeepSpeed's CPU accelerator (gloo as well). So the
+same files and launcher path as on a GPU node are exercised. `--batch-size` is the global batch, so
+every run sees the same batches in the same order; TRL disables dropout, so they should train the
+same model up to the order of floating-point additions in the reductions.
 """
 
 from __future__ import annotations
@@ -139,35 +140,48 @@ def _same_model(one: Path, two: Path, run: subprocess.CompletedProcess[str], dat
     assert np.array_equal(r1[0] > r1[1], r2[0] > r2[1])  # the same test accuracy
 
 
+def _dpo_args(data: dict[str, Path]) -> list[str]:
+    return ["dpo", "--train", str(data["train"]), "--max-length", "64", "--max-prompt-length", "32",
+            "--max-steps", "2", "--batch-size", "4", "--lr", "1e-4", "--logging-steps", "1", "--device", "cpu",
+            "--no-progress", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def dpo_one(data, tmp_path_factory) -> Path:
+    """The one-process DPO policy both multi-process runs are compared with."""
+    out = tmp_path_factory.mktemp("dpo") / "one"
+    one = run_one([*_dpo_args(data), "--output", str(out)])
+    assert one.returncode == 0, one.stderr[-3000:]
+    return out
+
+
 @pytest.mark.train
 @pytest.mark.llm  # SmolLM2-135M as a transformers policy, as in test_align_dpo
 @pytest.mark.slow
-def test_dpo_on_two_processes_matches_one(tmp_path, data):
+@pytest.mark.parametrize("config", ["multi_gpu.yaml", "deepspeed_zero2.yaml"])
+def test_dpo_on_two_processes_matches_one(tmp_path, data, dpo_one, config):
     from safetensors.numpy import load_file
 
     from rmboost.models import resolve_model
 
-    args = ["dpo", "--train", str(data["train"]), "--max-length", "64", "--max-prompt-length", "32",
-            "--max-steps", "2", "--batch-size", "4", "--lr", "1e-4", "--logging-steps", "1", "--device", "cpu",
-            "--no-progress", "--seed", "0"]
-    one = run_one([*args, "--output", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_two([*args, "--output", str(tmp_path / "two")], port=29532)
+    port = 29532 if config == "multi_gpu.yaml" else 29534
+    two = run_two([*_dpo_args(data), "--output", str(tmp_path / "two")], port=port, config=config)
     assert two.returncode == 0, two.stderr[-3000:]
 
-    s1, s2 = _meta(tmp_path / "one", "rmboost_dpo.json"), _meta(tmp_path / "two", "rmboost_dpo.json")
+    s1, s2 = _meta(dpo_one, "rmboost_dpo.json"), _meta(tmp_path / "two", "rmboost_dpo.json")
     assert (s1["processes"], s2["processes"]) == (1, 2)
+    assert s2["deepspeed_zero_stage"] == (2 if config == "deepspeed_zero2.yaml" else None)
     assert s1["per_device_batch"] * s1["processes"] == s2["per_device_batch"] * s2["processes"] == 4
     assert s1["steps"] == s2["steps"] == 2
     for h1, h2 in zip(s1["loss_history"], s2["loss_history"], strict=True):
         assert h2["loss"] == pytest.approx(h1["loss"], abs=1e-4)
         assert h2["reward_accuracy"] == pytest.approx(h1["reward_accuracy"], abs=1e-6)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in dpo_one.iterdir())
     assert two.stdout.count("policy saved to") == 1
 
     # Both runs moved the weights the same way (the update, not just the near-identical weights).
     base = load_file(str(Path(resolve_model("smollm2")) / "model.safetensors"))
-    w1 = load_file(str(tmp_path / "one" / "model.safetensors"))
+    w1 = load_file(str(dpo_one / "model.safetensors"))
     w2 = load_file(str(tmp_path / "two" / "model.safetensors"))
     name = "model.layers.0.self_attn.q_proj.weight"
     d1, d2 = w1[name] - base[name], w2[name] - base[name]
