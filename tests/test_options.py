@@ -109,6 +109,31 @@ def test_generate_takes_base_url_once_or_per_replica(tmp_path, monkeypatch):
     assert len(seen) == 2
 
 
+def test_the_judge_takes_replicas_too(tmp_path, monkeypatch):
+    import rmboost.generate as generate_module
+
+    seen: list[Any] = []
+
+    async def fake_run(cfg: Any, console: Any) -> Any:
+        seen.append(cfg.judge.connection(cfg.backend))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(generate_module, "run_generate", fake_run)
+    base = ["generate", "-o", str(tmp_path / "o.jsonl"), "--backend", "openai", "--model", "m",
+            "--base-url", "http://gen/v1", "--judge-model", "j"]
+    runner.invoke(app, [*base, "--judge-base-url", "http://j1/v1", "--judge-base-url", "http://j2/v1"])
+    runner.invoke(app, [*base, "--judge-base-url", "http://j1/v1"])
+    assert [(c.model, c.base_url) for c in seen] == [("j", ["http://j1/v1", "http://j2/v1"]), ("j", "http://j1/v1")]
+    bad = runner.invoke(app, [*base, "--judge-base-url", "http://j1/v1", "--judge-base-url", "j2:80"])
+    assert bad.exit_code == 2 and "--judge-base-url must be an http:// or https:// URL, got 'j2:80'" in bad.output
+
+    from rmboost.methods.judge import JudgeOptions
+    from rmboost.options import load
+
+    judge = load(JudgeOptions, {"model": "j", "base_url": ["http://j1/v1", "http://j2/v1"]}, "judge")
+    assert judge.connection(BackendOptions(backend="openai")).base_url == ["http://j1/v1", "http://j2/v1"]
+
+
 def test_help_shows_per_command_help_and_defaults():
     result = runner.invoke(_app(Outer, []), ["append", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0

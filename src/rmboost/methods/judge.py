@@ -289,7 +289,8 @@ class JudgeOptions:
 
     backend: str | None = option(None, choices=BACKENDS, help="Judge backend (default: the generator's).")
     model: str | None = option(None, help="Judge model (openai) or GGUF path (llamacpp).")
-    base_url: str | None = option(None, check=http_urls, help="Judge endpoint (openai).")
+    base_url: str | list[str] | None = option(
+        None, check=http_urls, help="Judge endpoint (openai); repeat for replicas of one model.")
     api_key_env: str | None = option(None, help="Environment variable with the judge's API key.")
     mode: str = option("text", choices=JUDGE_MODES, noun="judge mode",
                        help="text (parse first/second/same) or logprobs (P(first) from token log-probabilities).")
