@@ -365,6 +365,38 @@ def test_west_of_n_pool_has_one_default(tmp_path):
                            tmp_path / "p.jsonl", tmp_path).n == 4
 
 
+def test_a_variant_is_refused_only_for_settings_that_shape_its_pairs(tmp_path):
+    """The pool size is West-of-N's: changing it refuses a West-of-N folder, not an RMBoost one
+    (nor a folder whose stage.json recorded it for RMBoost, as rmboost did before)."""
+    import json
+
+    from rich.console import Console
+
+    from rmboost.experiment import ConfigError, Variant, generate_config, generate_variant
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "question": "Q?", "passages": "P."}\n', "utf-8")
+
+    def generate(method: str, n: int) -> None:
+        exp = _experiment(tmp_path, generation={"n": n}, judge={"model": "j.gguf"})
+        gcfg = generate_config(exp, Variant(method, method), prompts, tmp_path / "run")
+        answers = ScriptedBackend(lambda m, p: f"<response>answer {p.seed}</response><score>{p.seed % 9 + 1}</score>")
+        judge = ScriptedBackend(lambda m, p: "<decision>first</decision><score>5</score>")
+        run(generate_variant(gcfg, Console(quiet=True), answers, judge))
+
+    generate("rlaif", 4)
+    stage = tmp_path / "run" / "gen" / "rlaif" / "stage.json"
+    assert "n" not in json.loads(stage.read_text("utf-8"))["generate"]
+    generate("rlaif", 6)  # accepted: RLAIF draws no pool
+    older = json.loads(stage.read_text("utf-8"))
+    older["generate"]["n"] = 4  # what an older rmboost recorded for every method
+    stage.write_text(json.dumps(older), "utf-8")
+    generate("rlaif", 8)
+    generate("west-of-n", 4)
+    with pytest.raises(ConfigError, match=r"west-of-n was generated with other settings \(n\)"):
+        generate("west-of-n", 6)
+
+
 def test_west_of_n_draws_the_settings_pool():
     from rmboost.llm import LLM, SamplingParams
     from rmboost.methods.common import MethodContext, MethodSettings

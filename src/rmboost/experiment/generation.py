@@ -57,6 +57,8 @@ def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
     """What makes a variant's pairs what they are; not where they go, nor how fast or how many."""
     skip = {"output", "input", "limit", "concurrency", "show_progress", "cache", "use_cache", "price_in", "price_out",
             "batch"}  # online or in batches, the same requests get the same answers
+    if gcfg.method != "west-of-n":
+        skip |= {"n", "scorer"}  # the pool and its scorer are West-of-N's alone
     ident = {k: v for k, v in asdict(gcfg).items() if k not in skip}
     judge = gcfg.judge  # as before JudgeOptions had connection fields: its own backend, or None
     ident["judge"] = {"backend": asdict(judge.connection(gcfg.backend)) if judge.own_connection() else None,
@@ -89,7 +91,8 @@ async def generate_variant(
     ident = _generation_identity(gcfg)
     if stage.exists():
         before = json.loads(stage.read_text("utf-8"))["generate"]
-        changed = sorted(k for k in set(before) | set(ident) if before.get(k) != ident.get(k))
+        # A setting recorded by an older rmboost that no longer shapes the pairs is not compared.
+        changed = sorted(k for k in ident if before.get(k) != ident[k])
         if changed:
             raise ConfigError(
                 f"{folder} was generated with other settings ({', '.join(changed)}); "
