@@ -242,7 +242,7 @@ def build_run_dir(root: Path, *, hostile: bool = True) -> Path:
 
 def _paired(setting: str, a: str, b: str, diff: float, lo: float, hi: float, p: float) -> dict[str, Any]:
     return {"setting": setting, "a": a, "b": b, "difference": diff, "ci95": [lo, hi], "p_value": p,
-            "detected": lo > 0 or hi < 0, "permutation": "exact", "seeds": [2, 2]}
+            "detected": (lo > 0 or hi < 0) and p < 0.05, "permutation": "exact", "seeds": [2, 2]}
 
 
 # ---------------------------------------------------------------------------------------------

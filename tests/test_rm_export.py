@@ -110,7 +110,7 @@ def test_two_models_are_compared_paired(models, tmp_path):
     assert m["difference"]["units"] == n_units < m["n"] == 40  # questions, not pairs, are resampled
     assert m["power"]["available"] and m["power"]["mdd_test_set"] > 0
     assert "A - B:" in res.output and "smallest difference this comparison could detect" in res.output
-    assert ("detected (the interval excludes 0)" in res.output) == expected["detected"]
+    assert ("detected (the interval excludes 0 and p < 0.05)" in res.output) == expected["detected"]
 
     single = _invoke("eval-rm", "--model", str(models["response"]), "--test", str(models["test"]),
                      "--output", str(tmp_path / "one.json"), "--device", "cpu")

@@ -56,10 +56,40 @@ def test_paired_interval_excludes_zero_where_separate_intervals_overlap():
     r = paired_difference(b, a, unit, 20)
     assert r["difference"] == pytest.approx(0.20)
     assert r["ci95"] == pytest.approx([0.05, 0.40])
-    assert r["detected"] is True
     assert r["p_value"] == pytest.approx(2 / 16) and r["permutation"] == "exact"
+    # The interval excludes 0, but four discordant pairs cannot show a difference at 5% (the
+    # exact test's smallest p is 2/16): the percentile bootstrap is too narrow here, so the
+    # difference is not called detected.
+    assert r["detected"] is False
     reverse = paired_difference(a, b, unit, 20)
-    assert reverse["ci95"] == pytest.approx([-0.40, -0.05]) and reverse["detected"] is True
+    assert reverse["ci95"] == pytest.approx([-0.40, -0.05]) and reverse["detected"] is False
+
+
+def test_a_paired_difference_is_detected_where_separate_intervals_overlap():
+    """40 independent pairs: A right on 20, B right on the same 20 and 8 more.
+
+    Separately, Binomial(40, 0.5)/40 gives A about [0.35, 0.65] and Binomial(40, 0.7)/40 gives B
+    about [0.55, 0.825]: they overlap. Paired, d = B - A is 1 on 8 pairs, a resample's mean is
+    X/40 with X ~ Binomial(40, 0.2): P(X <= 2) = 0.008 < 0.025 <= P(X <= 3) = 0.029 and
+    P(X <= 12) = 0.957 < 0.975 <= P(X <= 13) = 0.981, so the interval is [3/40, 13/40] =
+    [0.075, 0.325] (within one step of 1/40 for 2,000 resamples). The exact sign-flip p-value:
+    |sum| = 8 in 2 of 2^8 patterns, 0.0078.
+    """
+    a = np.array([1.0] * 20 + [0.0] * 20)
+    b = a.copy()
+    b[20:28] = 1.0
+    unit = np.arange(40)
+    lo_a, hi_a = bootstrap_ci(a, unit, 40, 2000, 0)
+    lo_b, hi_b = bootstrap_ci(b, unit, 40, 2000, 0)
+    assert (lo_a, hi_a) == pytest.approx((0.35, 0.65), abs=0.026)
+    assert (lo_b, hi_b) == pytest.approx((0.55, 0.825), abs=0.026)
+    assert lo_b < hi_a  # the separate intervals overlap
+
+    r = paired_difference(b, a, unit, 40)
+    assert r["difference"] == pytest.approx(0.20)
+    assert r["ci95"] == pytest.approx([0.075, 0.325], abs=0.026) and r["ci95"][0] > 0
+    assert r["p_value"] == pytest.approx(2 / 256) and r["permutation"] == "exact"
+    assert r["detected"] is True
 
 
 def test_questions_are_resampled_with_both_models_together():

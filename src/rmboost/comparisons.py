@@ -4,7 +4,7 @@ For every setting (syn, real+syn), every variant is compared with the real-only 
 every other variant on the same test pairs (`rmboost.stats.paired_difference`): the difference in
 accuracy (mean over each variant's seeds), its 95% question-bootstrap interval (the cells' own
 resampling: same resamples, same seed) and a sign-flip permutation p-value. A difference counts
-as detected only when its interval excludes 0, and a variant is marked best in a setting only
+as detected only when its interval excludes 0 and p < 0.05 (`rmboost.stats`), and a variant is marked best in a setting only
 when it is detectably better than every other variant there.
 
 results.json gets `comparisons` (one entry per unordered pair, difference = a - b), `best`
@@ -95,7 +95,7 @@ def lookup(comparisons: list[dict[str, Any]], setting: str, a: str, b: str) -> d
 
 
 def format_difference(c: dict[str, Any] | None) -> str:
-    """'+1.8 [-0.5, +4.1] p=0.12', with a trailing '*' when the interval excludes 0."""
+    """'+1.8 [-0.5, +4.1] p=0.12', with a trailing '*' when the difference is detected."""
     if c is None:
         return "-"
     lo, hi = c["ci95"]
@@ -109,7 +109,7 @@ def format_comparisons(results: dict[str, Any]) -> str:
     names = [v["name"] for v in results.get("variants") or []]
     reference = REFERENCE if REFERENCE in names else (names[0] if names else None)
     lines = ["paired differences (points, row minus column; 95% CI from the same question bootstrap as the "
-             "cells; p: sign-flip permutation by question; * = interval excludes 0 = detected)"] if comparisons else []
+             "cells; p: sign-flip permutation by question; * = detected: interval excludes 0 and p < 0.05)"] if comparisons else []
     for setting in results.get("settings") or []:
         if setting == REAL or not any(c["setting"] == setting for c in comparisons):
             continue

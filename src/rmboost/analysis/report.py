@@ -102,7 +102,7 @@ def results_table(results: dict[str, Any]) -> dict[str, Any]:
         cells = [_cell(results, name, s) for s in columns]
         for setting, c in zip(columns, cells, strict=True):
             c["delta"] = c["mean"] - real["mean"] if c["mean"] is not None and real["mean"] is not None else None
-            # Paired difference to real-only and the "best" mark: detected only when the interval excludes 0.
+            # Paired difference to real-only and the "best" mark: detected only when the interval excludes 0 and p < 0.05.
             c["vs_real"] = lookup(results.get("comparisons") or [], setting, name, REAL)
             c["best"] = (results.get("best") or {}).get(setting) == name
         m = meta.get(name, {})

@@ -4,7 +4,7 @@
 both score every test pair (each with its own saved format); each gets the usual
 evaluation (`rmboost.rm.evaluate.evaluate_scores`), and the difference A - B is paired
 (`rmboost.stats.paired_difference`): the same question bootstrap for both, a sign-flip
-permutation p-value, and "detected" only when the interval excludes 0. The smallest difference
+permutation p-value, and "detected" only when the interval excludes 0 and p < 0.05. The smallest difference
 this test file could detect (80% power, one seed per model) comes with it.
 """
 
@@ -89,7 +89,10 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
     console.print(table)
     d = result["difference"]
     lo, hi = d["ci95"]
-    verdict = "detected (the interval excludes 0)" if d["detected"] else "not detected (the interval includes 0)"
+    verdict = ("detected (the interval excludes 0 and p < 0.05)" if d["detected"] else
+               "not detected (the interval includes 0)" if lo <= 0 <= hi else
+               "not detected: the interval excludes 0 but p >= 0.05 (too few questions or disagreements "
+               "for the bootstrap interval alone)")
     console.print(
         f"A - B: {100 * d['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired: "
         f"{d['resamples']} resamples of {d['units']} {d['unit']}s, seed {d['seed']}); sign-flip p = "
