@@ -266,3 +266,26 @@ def test_power_command_plans_pairs_questions_and_seeds():
     assert f"smallest detectable difference {100 * detectable_difference(design, discordance=0.48):.1f} points" in res.output
     bad = CliRunner().invoke(app, ["power", "--accuracy", "0"])
     assert bad.exit_code == 2 and "--accuracy must be" in bad.output
+
+
+def test_eval_rm_says_when_the_interval_alone_would_have_called_it():
+    """Four disagreements among 20 pairs: the interval excludes 0, the exact p is 2/16; the
+    two-model printout says why the difference is not called detected."""
+    from rich.console import Console
+
+    from rmboost.rm.compare import print_comparison
+
+    a = np.array([1.0] * 10 + [0.0] * 10)
+    b = a.copy()
+    b[10:14] = 1.0
+    unit = np.arange(20)
+    paired = paired_difference(b, a, unit, 20)
+    result = {"test": "t.jsonl", "n": 20,
+              "models": [{"model": m, "accuracy": float(x.mean()), "ci95": [0.0, 1.0]} for m, x in (("B", b), ("A", a))],
+              "difference": {**paired, "unit": "question", "units": 20, "resamples": 2000, "seed": 0},
+              "power": {"available": False, "reason": "not computed here"}}
+    console = Console(record=True, width=250)
+    print_comparison(result, console)
+    text = console.export_text()
+    assert paired["ci95"][0] > 0 and not paired["detected"]
+    assert "not detected: the interval excludes 0 but p >= 0.05" in text and "p = 0.125" in text
