@@ -6,6 +6,7 @@ import pytest
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import InputError, apply_field_map, parse_field_map, read_rows
 from rmboost.data.pairs import PairWriter, sidecar
+from rmboost.job_inputs import PromptSource, iter_prompt_rows, load_prompt_rows
 
 
 def test_read_formats(tmp_path: Path):
@@ -39,12 +40,28 @@ def test_field_map_and_ids():
     rows = apply_field_map([{"q": "x"}, {"q": "y", "id": 7}], parse_field_map(["question=q"]))
     assert [r["question"] for r in rows] == ["x", "y"]
     assert [r["id"] for r in rows] == ["row-0", "7"]
-    with pytest.raises(InputError, match="row 0: no column 'nope'"):
+    with pytest.raises(InputError, match="input, row 1: no column 'nope'"):
         apply_field_map([{"q": 1}], {"question": "nope"})
     with pytest.raises(InputError, match="expected TASK_FIELD=COLUMN"):
         parse_field_map(["question"])
-    with pytest.raises(InputError, match="repeats row 0"):
+    with pytest.raises(InputError, match="input, row 2: id 'a' repeats row 1"):
         apply_field_map([{"id": "a"}, {"id": "a"}], {})
+
+
+def test_prompt_rows_are_named_by_line_for_jsonl_and_by_row_otherwise_from_1(tmp_path: Path):
+    src = tmp_path / "prompts.jsonl"
+    src.write_text('{"q": "a", "ctx": "c"}\n{"q": "b"}\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl, line 2: no column 'ctx'"):
+        list(iter_prompt_rows(PromptSource(input=str(src), fields={"passages": "ctx"})))
+    src.write_text('{"q": "a", "ctx": "c"}\n\n{"q": "b"}\n')  # a blank line: the physical line is named
+    with pytest.raises(InputError, match=r"prompts.jsonl, line 3: no column 'ctx'"):
+        list(iter_prompt_rows(PromptSource(input=str(src), fields={"passages": "ctx"})))
+    table = tmp_path / "prompts.csv"
+    table.write_text("id,q\na,x\nb,y\na,z\n")
+    with pytest.raises(InputError, match=r"prompts.csv, row 3: id 'a' repeats row 1"):
+        load_prompt_rows(PromptSource(input=str(table)))
+    assert [r["_where"] for r in iter_prompt_rows(PromptSource(input=str(table), limit=2))] == [
+        f"{table}, row 1", f"{table}, row 2"]
 
 
 def test_qa_feedback_loader(qa_feedback_dir: Path):

@@ -103,12 +103,26 @@ def test_progress_failures_tokens_and_cost_reach_the_user_and_the_summary_file(t
     tokens_out = sum(len(backend.answer(m, p).split()) for m, p in backend.calls)
     log = shown.getvalue()
     assert "5/5 finished" in log and "failed 1" in log and f"tokens in {tokens_in:,} out {tokens_out:,}" in log
+    assert "written: kept 2, removed 2, no verdict 1" in log  # the summary's counts, not removed 3
     saved = json.loads((tmp_path / "kept.summary.json").read_text())
     assert saved["judge_usage"]["filter"]["tokens_in"] == tokens_in and saved["judge_usage"]["filter"]["tokens_out"] == tokens_out
     cost = round(tokens_in * 2.0 / 1e6 + tokens_out * 10.0 / 1e6, 6)
     assert saved["cost_usd"] == {"total": cost, "this_run": cost} and cost > 0
     assert saved["llm_calls"] == len(backend.calls) and saved["failures"] == {reason: 1} and saved["filter_rate"] == 0.5
     assert (saved["kept"], saved["removed"], saved["failed"], saved["pairs"]) == (2, 2, 1, 5)
+
+
+def test_with_no_verdict_at_all_the_filter_rate_is_null_not_zero(tmp_path: Path, capsys):
+    from rmboost.cli import print_filter_summary
+
+    write_pairs(tmp_path / "pairs.jsonl", 2)
+    summary = run(filter_job(tmp_path / "pairs.jsonl", tmp_path / "kept.jsonl", ScriptedBackend(lambda m, p: "no idea")))
+    assert (summary.kept, summary.removed, summary.failed) == (0, 0, 2) and summary.rate is None
+    saved = json.loads((tmp_path / "kept.summary.json").read_text())
+    assert "filter_rate" in saved and saved["filter_rate"] is None  # as generate's summary
+    print_filter_summary(summary)
+    printed = capsys.readouterr().err
+    assert "kept 0, removed 0 (filter rate n/a), no verdict 2" in printed and "nan" not in printed
 
 
 def test_a_rerun_pays_for_nothing_and_writes_the_same_bytes(tmp_path: Path):

@@ -122,7 +122,16 @@ def test_row_missing_a_field_is_named(tmp_path: Path):
     result = runner.invoke(app, ["generate", "--input", str(src), "--field", "question=q",
                                  "--output", str(tmp_path / "o.jsonl")])
     assert result.exit_code == 2
-    assert "row 1 (id bad): missing field 'passages'" in result.output
+    assert f"{src}, line 2 (id bad): missing field 'passages'" in result.output
+
+
+def test_an_unmapped_column_on_the_second_line_is_named_as_line_2(tmp_path: Path):
+    src = tmp_path / "prompts.jsonl"
+    src.write_text('{"question": "Q?", "ctx": "P."}\n{"question": "Q2?"}\n')
+    result = runner.invoke(app, ["generate", "--input", str(src), "--field", "passages=ctx",
+                                 "--output", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 2
+    assert f"{src}, line 2: no column 'ctx'" in " ".join(result.output.split())
 
 
 def test_unreachable_endpoint_fails_fast_and_keeps_finished_pairs(tmp_path: Path):

@@ -161,6 +161,6 @@ def test_missing_field_names_row_and_field(tmp_path: Path):
     path.write_text('{"id": "a", "question": "Q?", "passages": "P"}\n{"id": "b", "question": "Q2?"}\n')
     cfg = GenerateConfig(task="qa_feedback", input=str(path), output=tmp_path / "o.jsonl", show_progress=False)
     backend = ScriptedBackend(smart_answer)
-    with pytest.raises(InputError, match=r"row 1 \(id b\): missing field 'passages'"):
+    with pytest.raises(InputError, match=r"in.jsonl, line 2 \(id b\): missing field 'passages'"):
         run(run_generate(cfg, backend=backend))
     assert backend.calls == []

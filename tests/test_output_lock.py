@@ -17,7 +17,8 @@ import pytest
 from conftest import ScriptedBackend, read_jsonl, run
 from servers import ScriptedServer, ok, sleep
 
-from rmboost.data.output_lock import OutputBusy, hold_output, lock_path
+from rmboost.data.output_lock import OutputBusy, hold_output, lock_path, output_stem
+from rmboost.data.pairs import sidecar
 from rmboost.generate import GenerateConfig, run_generate
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -98,6 +99,38 @@ def test_the_experiment_runner_resumes_a_variant_under_the_lock(tmp_path: Path):
 def test_pairs_jsonl_and_pairs_parquet_share_a_lock(tmp_path: Path):
     with hold_output(tmp_path / "pairs.jsonl"), pytest.raises(OutputBusy):  # they share pairs.failures.jsonl
         run(run_generate(cfg_for(tmp_path, tmp_path / "pairs.parquet"), backend=ScriptedBackend(answer)))
+
+
+def test_side_files_drop_only_the_data_format_suffix():
+    d = Path("d")
+    plain = d / "pairs.jsonl"  # today's names, unchanged
+    assert lock_path(plain) == d / "pairs.lock"
+    assert (sidecar(plain, "summary"), sidecar(plain, "failures")) == (d / "pairs.summary.json", d / "pairs.failures.jsonl")
+    a, b = d / "pairs.a.jsonl", d / "pairs.b.jsonl"
+    assert (lock_path(a), lock_path(b)) == (d / "pairs.a.lock", d / "pairs.b.lock")
+    assert (sidecar(a, "summary"), sidecar(b, "summary")) == (d / "pairs.a.summary.json", d / "pairs.b.summary.json")
+    assert (sidecar(a, "failures"), sidecar(b, "failures")) == (d / "pairs.a.failures.jsonl", d / "pairs.b.failures.jsonl")
+    # `filter pairs.jsonl -o pairs.kept.jsonl` no longer writes over generate's side files
+    assert sidecar(d / "pairs.kept.jsonl", "summary") == d / "pairs.kept.summary.json"
+    assert lock_path(d / "pairs.kept.jsonl") == d / "pairs.kept.lock"
+    # a compression suffix goes with the format it compresses
+    assert (output_stem(d / "x.jsonl.gz"), output_stem(d / "x.v2.jsonl.zst"), output_stem(d / "x")) == ("x", "x.v2", "x")
+    assert (lock_path(d / "x.jsonl.gz"), sidecar(d / "x.jsonl.gz", "summary")) == (d / "x.lock", d / "x.summary.json")
+
+
+def test_two_dotted_outputs_in_one_folder_are_two_jobs_with_their_own_side_files(tmp_path: Path):
+    a, b = tmp_path / "dots" / "pairs.a.jsonl", tmp_path / "dots" / "pairs.b.jsonl"
+    with hold_output(a):  # a job on pairs.a.jsonl is running: one on pairs.b.jsonl is not refused
+        no_tag = ScriptedBackend(lambda messages, params: "no response tag")  # every prompt fails
+        failed = run(run_generate(cfg_for(tmp_path, b), backend=no_tag))
+    assert failed.pairs_written == 0 and sum(failed.failures.values()) == 4
+    good = cfg_for(tmp_path, a, seed=1)  # another seed: not b's cached failures
+    assert run(run_generate(good, backend=ScriptedBackend(answer))).pairs_written == 4
+    assert len(read_jsonl(b.with_name("pairs.b.failures.jsonl"))) == 4
+    assert not a.with_name("pairs.a.failures.jsonl").exists()  # b's failures are not a's
+    summaries = {p.name: json.loads(p.read_text()) for p in (tmp_path / "dots").glob("*.summary.json")}
+    assert {n: s["output"] for n, s in summaries.items()} == {"pairs.a.summary.json": str(a), "pairs.b.summary.json": str(b)}
+    assert not list((tmp_path / "dots").glob("*.lock"))
 
 
 # --------------------------------------------------------------------------- real processes

@@ -225,7 +225,7 @@ def test_a_repeated_id_is_named_before_any_call(tmp_path: Path):
     src.write_text("".join(json.dumps({"id": i, "question": "Q?", "passages": "P"}) + "\n" for i in "abca"))
     backend = ScriptedBackend(answer)
     cfg = GenerateConfig(task="qa_feedback", input=str(src), output=tmp_path / "o.jsonl", show_progress=False)
-    with pytest.raises(InputError, match=r"row 3: id 'a' repeats row 0"):
+    with pytest.raises(InputError, match=r"in.jsonl, line 4: id 'a' repeats line 1"):
         run(run_generate(cfg, backend=backend))
     assert backend.calls == []
 

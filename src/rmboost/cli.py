@@ -152,8 +152,9 @@ def filter_command(opts: FilterOptions) -> None:
 def print_filter_summary(summary: object) -> None:
     s = summary  # FilterSummary
     fails = f" ({', '.join(f'{k}: {v}' for k, v in sorted(s.failures.items()))})" if s.failures else ""
+    rate = f"{s.rate:.0%}" if s.rate is not None else "n/a"
     err.print(
-        f"kept {s.kept}, removed {s.removed} (filter rate {s.rate:.0%}), no verdict {s.failed}{fails} "
+        f"kept {s.kept}, removed {s.removed} (filter rate {rate}), no verdict {s.failed}{fails} "
         f"of {s.pairs} pairs; removed pairs with verdicts: {s.removed_file}",
         highlight=False,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from rmboost.methods.judge import Judge, JudgeOptions, open_judge
 from rmboost.progress import JobProgress
 from rmboost.tasks import load_task
 
-Judged = tuple[dict[str, Any], bool]  # (the pair with its verdict, kept?)
+Judged = tuple[dict[str, Any], str]  # (the pair with its verdict, "kept" / "removed" / "no verdict")
 
 
 @dataclass
@@ -58,12 +58,14 @@ class FilterSummary:
     batch: dict[str, Any] | None = None  # batch mode: rounds, batches, time waited
 
     @property
-    def rate(self) -> float:
+    def rate(self) -> float | None:
+        """removed / judged; None when no pair got a verdict (as generate's summary)."""
         judged = self.kept + self.removed
-        return self.removed / judged if judged else 0.0
+        return self.removed / judged if judged else None
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "filter_rate": round(self.rate, 4)}, indent=2)
+        rate = self.rate
+        return json.dumps({**asdict(self), "filter_rate": round(rate, 4) if rate is not None else None}, indent=2)
 
 
 def judged_pair(where: str, index: int, pair: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
@@ -114,6 +116,7 @@ async def run_filter(
         total = check_pairs(pairs_path)
         cache = RequestCache(cache_path) if cache_path else None
         kept, removed = StagedJsonl(out), StagedJsonl(sidecar(out, "filtered"))
+        written: Counter[str] = Counter()  # the pairs written so far, by outcome (the removed file holds two)
         runner = None
         try:
             async with open_judge(judge_opts, task, seed, cache, concurrency, backend=judge_backend) as judge:
@@ -123,7 +126,7 @@ async def run_filter(
                                          report=lambda m: console.print(m, highlight=False))
                     runner.attach(judge.ctx.llm, judge_opts.connection())
 
-                shown = (lambda: f"written: kept {kept.count}, removed {removed.count}",  # removed: with no verdict
+                shown = (lambda: written_line(written),
                          getattr(judge.ctx.llm.backend, "load_status", None), runner.status_line if runner else None)
                 progress = JobProgress(total=total, usage=judge.ctx.llm.usage, console=console,
                                        enabled=show_progress, status=[s for s in shown if s])
@@ -132,7 +135,7 @@ async def run_filter(
                 width = max(1, (batch.rows or total) if batch is not None else concurrency)
                 try:
                     with progress:
-                        await _judge_all(judge, pairs_path, width, progress, kept, removed)
+                        await _judge_all(judge, pairs_path, width, progress, kept, removed, written)
                 finally:
                     if runner is not None:
                         await runner.aclose()
@@ -145,10 +148,10 @@ async def run_filter(
         finally:
             if cache is not None:
                 cache.close()
-        usage, failed = judge.ctx.llm.usage, sum(progress.failures.values())
+        usage = judge.ctx.llm.usage
         summary = FilterSummary(
             output=str(out), removed_file=str(removed.path), task=task.name, model=judge.ctx.llm.backend.model,
-            pairs=total, kept=kept.count, removed=removed.count - failed, failed=failed,
+            pairs=total, kept=written["kept"], removed=written["removed"], failed=written["no verdict"],
             failures=dict(progress.failures), judge_usage=usage.as_dict(),
             cost_usd=estimate_cost([usage.as_dict()], price_in, price_out, batch),
             llm_calls=usage.total("calls"), cache_hits=usage.total("cache_hits"),
@@ -158,8 +161,15 @@ async def run_filter(
         sidecar(out, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
     return summary
 
+
+def written_line(written: Counter[str]) -> str:
+    """The progress line's counts, in the summary's terms: kept, removed by the judge, no verdict."""
+    return f"written: kept {written['kept']}, removed {written['removed']}, no verdict {written['no verdict']}"
+
+
 async def _judge_all(
     judge: Judge, pairs_path: str | Path, width: int, progress: JobProgress, kept: StagedJsonl, removed: StagedJsonl,
+    written: Counter[str],
 ) -> None:
     """Judge the pairs as they stream in, `width` at a time, and write each in input order.
 
@@ -175,13 +185,14 @@ async def _judge_all(
                 verdict = await judge.compare(row, chosen, rejected, step="filter")
             except StepFailed as fail:
                 progress.advance(failed_reason=fail.reason)
-                return {**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}}, False
+                return {**pair, "filter": {"winner": None, "reason": fail.reason, "attempts": fail.attempts}}, "no verdict"
         progress.advance()
-        return {**pair, "filter": verdict.as_record()}, verdict.winner == "a"
+        return {**pair, "filter": verdict.as_record()}, "kept" if verdict.winner == "a" else "removed"
 
     def write(judged: Judged) -> None:
-        record, keep = judged
-        (kept if keep else removed).write(record)
+        record, outcome = judged
+        (kept if outcome == "kept" else removed).write(record)
+        written[outcome] += 1
 
     window: deque[asyncio.Task[Judged]] = deque()
     try:

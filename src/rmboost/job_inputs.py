@@ -23,10 +23,12 @@ from typing import Any
 from rmboost.data import qa_feedback
 from rmboost.data.inputs import (
     InputError,
-    iter_rows,
+    iter_located_rows,
+    located,
     map_fields,
     parse_field_map,
     repeated_id,
+    resolve_input,
     unique_ids,
 )
 from rmboost.data.job_index import SCAN_CHUNK, JobIndex, in_chunks
@@ -56,7 +58,8 @@ class PromptSource:
 
 
 def iter_prompt_rows(src: PromptSource) -> Iterator[dict[str, Any]]:
-    """The rows (after --limit) with ids and `_index`, streamed; ids are not checked for repeats."""
+    """The rows (after --limit) with ids, `_index` and `_where` ("FILE, line N" for JSONL, "FILE,
+    row N" otherwise, both from 1), streamed; ids are not checked for repeats."""
     source = str(src.input)
     fmt = src.input_format
     if fmt == "auto":
@@ -64,17 +67,19 @@ def iter_prompt_rows(src: PromptSource) -> Iterator[dict[str, Any]]:
         is_qaf = path.name == "dev_feedback.json" or (path.is_dir() and (path / "dev_feedback.json").is_file())
         fmt = "qa_feedback" if is_qaf else "rows"
     if fmt == "qa_feedback":
-        rows: Iterator[dict[str, Any]] = iter(qa_feedback.load_prompts(source))  # one JSON document, read whole
+        rows = located(qa_feedback.load_prompts(source), source)  # one JSON document, read whole
     elif fmt == "rows":
-        rows = iter_rows(source, split=src.split)
+        if not resolve_input(source).exists():
+            raise InputError(f"input not found: {source}")  # an InputError, as from every other reader
+        rows = iter_located_rows(source, "input", split=src.split)
     else:
         raise InputError(f"unknown input format {fmt!r} (use {', '.join(INPUT_FORMATS)})")
-    return itertools.islice(map_fields(rows, src.fields, id_field=src.id_field, source=source), src.limit)
+    return itertools.islice(map_fields(rows, src.fields, id_field=src.id_field), src.limit)
 
 
 def load_prompt_rows(src: PromptSource) -> list[dict[str, Any]]:
     """All rows (--limit ignored) with ids, in a list, ids checked unique: for inputs small enough to hold."""
-    return list(unique_ids(iter_prompt_rows(replace(src, limit=None)), str(src.input)))
+    return list(unique_ids(iter_prompt_rows(replace(src, limit=None))))
 
 
 def validate_row(row: dict[str, Any], src: PromptSource, task: TaskSpec, y1_from: str | None = None) -> None:
@@ -85,7 +90,7 @@ def validate_row(row: dict[str, Any], src: PromptSource, task: TaskSpec, y1_from
     if missing:
         hint = "" if src.fields else " (map your columns with --field TASK_FIELD=COLUMN)"
         raise InputError(
-            f"{src.input}, row {row['_index']} (id {row['id']}): missing field "
+            f"{row['_where']} (id {row['id']}): missing field "
             f"{', '.join(repr(m) for m in missing)} needed by task {task.name!r}{hint}"
         )
 
@@ -101,7 +106,13 @@ async def index_inputs(src: PromptSource, task: TaskSpec, y1_from: str | None, i
 
     async for chunk in in_chunks(checked()):
         if (repeat := index.add_inputs(chunk)) is not None:
-            raise repeated_id(str(src.input), *repeat)
+            pos, rid, first = repeat
+            raise repeated_id(where_of(src, pos), rid, where_of(src, first))
+
+
+def where_of(src: PromptSource, pos: int) -> str:
+    """The location of the row at position `pos` (read again: for an error, not the hot path)."""
+    return next((row["_where"] for row in iter_prompt_rows(src) if row["_index"] == pos), f"{src.input}, row {pos + 1}")
 
 
 async def todo_rows(
@@ -123,7 +134,7 @@ async def todo_rows(
         if pos % n != k - 1:
             continue
         if index.input_id(pos) != row["id"]:
-            raise InputError(f"{src.input} changed while the job was reading it (row {pos})")
+            raise InputError(f"{src.input} changed while the job was reading it (at {row['_where'].rpartition(', ')[2]})")
         if not index.is_done(row["id"]):
             validate_row(row, src, task, y1_from)
             yield row

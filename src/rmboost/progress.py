@@ -93,9 +93,18 @@ class JobProgress:
         self._last_log = time.monotonic()
         finished = self.done + sum(self.failures.values())
         elapsed = time.monotonic() - self._start
-        eta = (elapsed / finished * (self.total - finished)) if finished else float("nan")
         self.console.print(
             f"{self.label}: {self.done} done, {finished}/{self.total} finished | {self._stats()} | "
-            f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s",
+            f"elapsed {elapsed:.0f}s{eta_text(elapsed, finished, self.total)}",
             highlight=False,
         )
+
+
+def eta_text(elapsed: float, finished: int, total: int) -> str:
+    """', ETA 12s' from the pace so far; ', ETA unknown' before anything finished; '' with nothing left."""
+    left = total - finished
+    if left <= 0:
+        return ""
+    if finished <= 0:
+        return ", ETA unknown"
+    return f", ETA {elapsed / finished * left:.0f}s"

@@ -38,12 +38,15 @@ def read_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     return list(iter_rows(path, split))
 
 
+def resolve_input(path: str | Path) -> Path:
+    """The file a path names: `sample:NAME` is a shipped sample, anything else the path itself."""
+    text = str(path)
+    return sample_path(text[len(SAMPLE_PREFIX) :]) if text.startswith(SAMPLE_PREFIX) else Path(path)
+
+
 def iter_rows(path: str | Path, split: str = "train") -> Iterator[dict[str, Any]]:
     """The rows of a file or saved dataset, in file order, read as a stream (see the module doc)."""
-    text = str(path)
-    if text.startswith(SAMPLE_PREFIX):
-        path = sample_path(text[len(SAMPLE_PREFIX) :])
-    path = Path(path)
+    path = resolve_input(path)
     if not path.exists():
         raise InputError(f"input not found: {path}")
     if path.is_dir():
@@ -61,21 +64,33 @@ def iter_rows(path: str | Path, split: str = "train") -> Iterator[dict[str, Any]
 
 
 def read_located_rows(path: str | Path, what: str = "pair file") -> list[tuple[str, dict[str, Any]]]:
-    """(location, row) for every row: "FILE, line N" for JSONL, "FILE, row I" for other formats.
+    """(location, row) for every row: "FILE, line N" for JSONL (the physical line), "FILE, row N"
+    for other formats (counted from 1 too).
 
     The location is what an error about the row names; `what` names the file when it is missing.
     """
     return list(iter_located_rows(path, what))
 
 
-def iter_located_rows(path: str | Path, what: str = "pair file") -> Iterator[tuple[str, dict[str, Any]]]:
-    """`read_located_rows` as a stream: one row read at a time (a missing file fails at once)."""
-    path = Path(path)
+def iter_located_rows(
+    path: str | Path, what: str = "pair file", split: str = "train",
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`read_located_rows` as a stream: one row read at a time (a missing file fails at once).
+    A `sample:NAME` input is named as given; `split` picks the split of a saved DatasetDict."""
+    name = str(path)
+    path = resolve_input(path)
+    if not name.startswith(SAMPLE_PREFIX):
+        name = str(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}")
     if path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson"):
-        return ((f"{path}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path))
-    return ((f"{path}, row {i}", row) for i, row in enumerate(iter_rows(path)))
+        return ((f"{name}, line {lineno}", row) for lineno, row in read_jsonl_numbered(path))
+    return located(iter_rows(path, split), name)
+
+
+def located(rows: Iterable[dict[str, Any]], name: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(f"{name}, row N", row) with N counted from 1: rows whose lines are not known."""
+    return ((f"{name}, row {n}", row) for n, row in enumerate(rows, 1))
 
 
 def get_field(row: dict[str, Any], name: str) -> Any:
@@ -174,34 +189,37 @@ def apply_field_map(
     rows: Iterable[dict[str, Any]], mapping: Mapping[str, str], id_field: str = "id", source: str = "input"
 ) -> list[dict[str, Any]]:
     """Rename columns to task fields and give every row an `id` (its own, or `row-<index>`)."""
-    return list(unique_ids(map_fields(rows, mapping, id_field, source), source))
+    return list(unique_ids(map_fields(located(rows, source), mapping, id_field)))
 
 
-def unique_ids(rows: Iterable[dict[str, Any]], source: str = "input") -> Iterator[dict[str, Any]]:
+def unique_ids(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """Pass mapped rows through, failing on an id seen before (holds every id: for small inputs)."""
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     for row in rows:
         if row["id"] in seen:
-            raise repeated_id(source, row["_index"], row["id"], seen[row["id"]])
-        seen[row["id"]] = row["_index"]
+            raise repeated_id(row["_where"], row["id"], seen[row["id"]])
+        seen[row["id"]] = row["_where"]
         yield row
 
 
 def map_fields(
-    rows: Iterable[dict[str, Any]], mapping: Mapping[str, str], id_field: str = "id", source: str = "input"
+    rows: Iterable[tuple[str, dict[str, Any]]], mapping: Mapping[str, str], id_field: str = "id",
 ) -> Iterator[dict[str, Any]]:
-    """`apply_field_map` as a stream, without the check that ids are unique (see `unique_ids`)."""
-    for index, row in enumerate(rows):
+    """`apply_field_map` as a stream over located rows (`iter_located_rows`), without the check
+    that ids are unique (see `unique_ids`). Each row gets `_index` (its position, from 0: the
+    default id `row-<index>`) and `_where` (where an error about it points)."""
+    for index, (where, row) in enumerate(rows):
         new = dict(row)
         for task_field, column in mapping.items():
             if column not in row:
-                raise InputError(f"{source}, row {index}: no column {column!r} (mapped to field {task_field!r})")
+                raise InputError(f"{where}: no column {column!r} (mapped to field {task_field!r})")
             new[task_field] = row[column]
         new["id"] = row_id(row, index, id_field)
         new["_index"] = index
+        new["_where"] = where
         yield new
 
 
-def repeated_id(source: str, index: int, rid: str, first: int) -> InputError:
-    """The error for a row whose id an earlier row (at index `first`) already has."""
-    return InputError(f"{source}, row {index}: id {rid!r} repeats row {first}")
+def repeated_id(where: str, rid: str, first: str) -> InputError:
+    """The error for the row at `where` whose id the row at `first` already has (same file)."""
+    return InputError(f"{where}: id {rid!r} repeats {first.rpartition(', ')[2]}")

@@ -1,11 +1,12 @@
 """One writer per output: an OS file lock beside the output, held for the whole job.
 
 Two jobs writing the same pairs file would each pay for every answer and interleave their
-lines. `hold_output` takes an exclusive `flock` on `<stem>.lock` beside the output (the name
-its side files share: `pairs.jsonl` and `pairs.parquet` lock each other, since they share
-`pairs.failures.jsonl`) and records who holds it: pid, host, start time and command. A second
-job is refused at once with that record. The OS drops the lock when the process exits in any
-way, kill -9 included, so a stale lock file never blocks anyone; it is removed on a clean exit.
+lines. `hold_output` takes an exclusive `flock` on `<stem>.lock` beside the output (`<stem>` is
+the name its side files share, `output_stem`: `pairs.jsonl` and `pairs.parquet` lock each other,
+since they share `pairs.failures.jsonl`; `pairs.a.jsonl` and `pairs.b.jsonl` do not) and records
+who holds it: pid, host, start time and command. A second job is refused at once with that
+record. The OS drops the lock when the process exits in any way, kill -9 included, so a stale
+lock file never blocks anyone; it is removed on a clean exit.
 Works on local file systems and on NFS (Linux maps flock to NFS locks there).
 """
 
@@ -29,8 +30,24 @@ class OutputBusy(ValueError):
     """Another job holds the output; the message names it (pid, host, start time, command)."""
 
 
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
+
+
+def output_stem(output: Path) -> str:
+    """The name an output's side files share: its name less the data-format suffix (and a
+    compression suffix after it): `pairs.jsonl` -> `pairs`, `pairs.a.jsonl` -> `pairs.a`,
+    `x.jsonl.gz` -> `x`. Only the format is dropped, so two outputs in one folder never share it."""
+    name = output.name
+    for _ in range(2):
+        suffix = Path(name).suffix
+        name = name[: len(name) - len(suffix)]
+        if suffix.lower() not in COMPRESSION_SUFFIXES:
+            break
+    return name
+
+
 def lock_path(output: Path) -> Path:
-    return output.with_name(output.name.split(".")[0] + ".lock")
+    return output.with_name(output_stem(output) + ".lock")
 
 
 def current_command() -> str:

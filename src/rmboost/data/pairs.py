@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from rmboost.data.inputs import iter_rows
 from rmboost.data.job_index import SCAN_CHUNK, JobIndex
+from rmboost.data.output_lock import output_stem
 
 # TRL's preference columns first, then provenance.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
@@ -34,8 +35,9 @@ def working_path(output: Path) -> Path:
 
 
 def sidecar(output: Path, kind: str) -> Path:
-    """`pairs.jsonl` -> `pairs.failures.jsonl`, `pairs.summary.json`, ..."""
-    stem = output.name.split(".")[0]
+    """`pairs.jsonl` -> `pairs.failures.jsonl`, `pairs.summary.json`, ... (`output_stem`: `pairs.a.jsonl`
+    -> `pairs.a.summary.json`)."""
+    stem = output_stem(output)
     suffix = ".json" if kind == "summary" else ".jsonl"
     return output.with_name(f"{stem}.{kind}{suffix}")
 
