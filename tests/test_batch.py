@@ -218,7 +218,8 @@ def test_a_resumed_experiment_variant_in_batch_mode_is_recounted_from_the_cache(
     record = run(generate_variant(gcfg, Console(quiet=True), None, None))
     summary = json.loads((Path(gcfg.output).parent / "pairs.summary.json").read_text())
     assert first["pairs"] == 2 and record["pairs"] == 4
-    assert summary["replayed_from_cache"] is True and summary["pairs_total"] == 4
+    assert summary["job"]["counted"] == "replayed from the cache" and summary["job"]["exact"] is True
+    assert summary["pairs_total"] == summary["job"]["pairs"] == 4
     assert summary["batch"]["rounds"] >= 2  # the second run's own rounds (y1, y2 for the other two prompts)
     # The replay found every answer (it would have failed those pairs otherwise) and sent nothing.
     assert runs.read_text().count("\n") == commands_before + summary["batch"]["batches_created"]

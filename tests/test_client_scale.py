@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import sqlite3
 import subprocess
@@ -369,3 +370,24 @@ def test_an_unknown_model_or_an_unreachable_replica_is_one_line_before_any_reque
     (line,) = error_lines(partly.output)
     assert f"cannot reach the endpoint {dead}" in line
     assert stats["requests"] == 0, "nothing is sent before every replica answered the check"
+
+
+def test_a_resumed_job_prints_the_whole_jobs_tokens_and_cost(tmp_path: Path):
+    """The repro: the same command twice on one output. The second run pays nothing, and still
+    shows (and saves) the whole job's tokens and cost, not $0 and an empty usage."""
+    inputs = prompts(tmp_path / "p.jsonl", 2)
+    prices = ("--max-tokens", "200", "--price-in", "0.4", "--price-out", "1.6")
+    with fake_openai_server("--latency", "0") as server:
+        first = generate([server.base_url], tmp_path, *prices, inputs=inputs)
+        first_summary = summary_of(tmp_path / "out" / "pairs.jsonl")
+        again = generate([server.base_url], tmp_path, *prices, inputs=inputs)
+    assert first.exit_code == 0 and again.exit_code == 0, again.output
+    cost = re.compile(r"estimated cost, whole job: \$(\d+\.\d+) \(paid in this run: \$(\d+\.\d+)\)")
+    tokens = re.compile(r"tokens, whole job: in ([\d,]+) out ([\d,]+) \| this run: in ([\d,]+) out (\d[\d,]*\d|\d),")
+    (paid_first,), (paid_again,) = cost.findall(first.output), cost.findall(again.output)
+    assert float(paid_first[0]) > 0 and paid_again == (paid_first[0], "0.0000")
+    (t_first,), (t_again,) = tokens.findall(first.output), tokens.findall(again.output)
+    assert t_again[:2] == t_first[:2] and t_again[2:] == ("0", "0") and t_first[:2] == t_first[2:]
+    saved = summary_of(tmp_path / "out" / "pairs.jsonl")
+    assert saved["usage"] == {} and saved["job"]["usage"] == first_summary["job"]["usage"] != {}
+    assert saved["cost_usd"] == {"total": first_summary["cost_usd"]["total"], "this_run": 0}

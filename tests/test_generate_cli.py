@@ -151,6 +151,21 @@ def test_unreachable_endpoint_fails_fast_and_keeps_finished_pairs(tmp_path: Path
     assert read_jsonl(out) == [done]
 
 
+def test_a_failed_endpoint_check_leaves_nothing_under_the_output_name(tmp_path: Path):
+    out = tmp_path / "runs" / "oa" / "pairs.jsonl"
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens: the connection is refused
+    result = runner.invoke(app, ["generate", "--input", "sample:qa_feedback", "--limit", "2", "--output", str(out),
+                                 "--backend", "openai", "--base-url", url, "--model", "m", "--no-progress",
+                                 "--cache", str(tmp_path / "cache.sqlite")])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot reach the endpoint {url}" in errors[0]
+    assert "finished pairs are kept" not in result.output
+    # No pairs file, no lock, no side file, not even the folders this run would have made.
+    assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["cache.sqlite"])
+
+
 def test_tasks_command_lists_and_shows():
     result = runner.invoke(app, ["tasks"])
     assert result.exit_code == 0

@@ -88,19 +88,31 @@ def print_summary(summary: object) -> None:
         )
     if s.filter_rate is not None:
         err.print(f"filter: removed {s.filtered} pairs ({s.filter_rate:.0%} of those judged)", highlight=False)
-    print_batch_and_cost(s.batch, s.cost_usd)
+    job = s.job or {}
+    run_tokens = [usage_totals(s.usage), usage_totals(s.judge_usage)]
+    tokens = {k: sum(t[k] for t in run_tokens) for k in ("tokens_in", "tokens_out", "paid_tokens_in", "paid_tokens_out")}
+    note = "" if job.get("exact", True) else " (approximate: see `job` in the summary file)"
+    err.print(
+        f"tokens, whole job: in {job.get('tokens_in', 0):,} out {job.get('tokens_out', 0):,}{note} | this run: "
+        f"in {tokens['tokens_in']:,} out {tokens['tokens_out']:,}, paid in {tokens['paid_tokens_in']:,} "
+        f"out {tokens['paid_tokens_out']:,}",
+        highlight=False,
+    )
+    print_batch_and_cost(s.batch, s.cost_usd, whole_job=True)
     err.print(f"failures: {s.failures_file}", highlight=False)
     out.print(f"pairs written to {s.output}", highlight=False)
 
 
-def print_batch_and_cost(batch: dict | None, cost_usd: dict | None) -> None:
-    """The closing lines generate and filter share: batch rounds, and the estimated cost."""
+def print_batch_and_cost(batch: dict | None, cost_usd: dict | None, whole_job: bool = False) -> None:
+    """The closing lines generate and filter share: batch rounds, and the estimated cost
+    (generate's `total` is the whole job's, every run)."""
     if batch:
         err.print(f"batch: {batch['rounds']} rounds, {batch['batches_created']} batches created, "
                   f"{batch['batches_attached']} re-attached, {batch['waited_seconds']:.0f}s waited", highlight=False)
     if cost_usd:
-        priced = " at batch prices" if batch else ""
-        err.print(f"estimated cost{priced}: ${cost_usd['total']:.4f} (paid in this run: ${cost_usd['this_run']:.4f})")
+        priced = (", whole job" if whole_job else "") + (" at batch prices" if batch else "")
+        err.print(f"estimated cost{priced}: ${cost_usd['total']:.4f} (paid in this run: ${cost_usd['this_run']:.4f})",
+                  highlight=False)
 
 
 @dataclass

@@ -5,16 +5,26 @@ validate every input row in one streaming pass (job_inputs.py), skip ids already
 then stream the rest to a pool of async workers. Labels are fixed per input position before any
 call. Pairs stream to the output, unusable answers to the failures file, and the closing summary
 to `<name>.summary.json`. Memory does not grow with the job: the rows in flight are held, ids
-and offsets go to the job's on-disk index (data/job_index.py).
+and offsets go to the job's on-disk index (data/job_index.py). Nothing is created under the
+output's name before the endpoint check passes.
+
+The summary reports this run's usage and the whole job's (`job`: every run, as an uninterrupted
+run would have counted it). A run that found the job untouched counts the job itself; a resumed
+run recounts the whole job by replaying it from the request cache through a cache-only backend
+(no request leaves; the cache holds every answer any run paid for, kill -9 included), except
+when it had nothing to do and the previous summary describes the output as it found it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +43,11 @@ from rmboost.data.pairs import (
 )
 from rmboost.job_inputs import PromptSource, index_inputs, todo_rows
 from rmboost.llm import LLM, Backend, SamplingParams
-from rmboost.llm.accounting import estimate_cost
+from rmboost.llm.accounting import add_steps, estimate_cost, job_steps, usage_totals
 from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
 from rmboost.llm.cache import RequestCache, default_cache_path
+from rmboost.llm.replay import CacheOnly
 from rmboost.methods.common import MethodContext, MethodSettings, StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, make_judge
 from rmboost.methods.rlaif import rlaif_pair
@@ -127,14 +138,15 @@ class GenerateSummary:
     failures_by_step: dict[str, int]
     filtered: int  # pairs the judge filter removed in this run
     filter_rate: float | None  # removed / judged, in this run
-    usage: dict[str, Any]
+    usage: dict[str, Any]  # this run's, per step: paid and cached apart
     judge_usage: dict[str, Any]
-    cost_usd: dict[str, float] | None
+    cost_usd: dict[str, float] | None  # total: the whole job's tokens (all runs); this_run: paid in this run
     llm_calls: int
     cache_hits: int
     wall_seconds: float
     labels: dict[str, int]
     batch: dict[str, Any] | None = None  # batch mode: rounds, batches created / re-attached, time waited
+    job: dict[str, Any] | None = None  # the whole job, all runs: see `whole_job`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -183,19 +195,36 @@ async def run_generate(
     if cfg.batch.enabled and not cfg.use_cache:
         raise ValueError("--batch needs the request cache (drop --no-cache): answers and batch state live there")
     task = load_task(cfg.task)
-    check_output_name(Path(cfg.output))
-    with hold_output(Path(cfg.output)):
-        index = JobIndex()
-        try:
-            return await _run_job(cfg, task, index, console or Console(stderr=True), backend, judge_backend, started)
-        finally:
-            index.close()
+    output = Path(cfg.output)
+    check_output_name(output)
+    console = console or Console(stderr=True)
+    made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first
+    try:
+        with hold_output(output):
+            index = JobIndex()
+            try:
+                summary, filtered_before = await _run_job(cfg, task, index, console, backend, judge_backend, started)
+            finally:
+                index.close()
+            summary.job = await whole_job(cfg, summary, filtered_before, backend, judge_backend, console)
+            summary.cost_usd = _job_cost(cfg, summary)
+            summary.wall_seconds = round(time.monotonic() - started, 2)
+            path = sidecar(output, "summary")
+            path.with_name(path.name + ".tmp").write_text(summary.to_json() + "\n", encoding="utf-8")
+            os.replace(path.with_name(path.name + ".tmp"), path)  # never a half summary
+            return summary
+    except BaseException:
+        for folder in made:  # the folders this run made, if it left nothing in them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 async def _run_job(
     cfg: GenerateConfig, task: TaskSpec, index: JobIndex, console: Console, backend: Backend | None,
     judge_backend: Backend | None, started: float,
-) -> GenerateSummary:
+) -> tuple[GenerateSummary, int]:
+    """This run's summary, and how many pairs the filter had removed before it."""
     source, shard = pick(PromptSource, cfg), cfg.shard or (1, 1)
     # The passes over the input and the output read every row, handing the event loop a turn
     # every few thousand (a million-row resume keeps Ctrl-C and the progress line responsive).
@@ -204,11 +233,13 @@ async def _run_job(
     writer = PairWriter(output, index, scan=False)
     failures = FailureLog(sidecar(output, "failures"))
     removed = FailureLog(sidecar(output, "filtered"))
+    filtered_before = 0
     try:
         await writer.scan()
         if removed.path.exists():  # a filtered pair is a finished decision
             async for ids in in_chunks(row["id"] for _, _, row in iter_jsonl_tolerant(removed.path)):
                 index.add_settled(ids)
+                filtered_before += len(ids)
     except BaseException:
         writer.close()
         raise
@@ -341,15 +372,90 @@ async def _run_job(
         filter_rate=round(filtered / judged, 4) if judged else None,
         usage=usage.as_dict(),
         judge_usage=judge_usage,
-        cost_usd=estimate_cost([usage.as_dict(), judge_usage], cfg.price_in, cfg.price_out, cfg.batch),
+        cost_usd=None,  # priced with the whole job's tokens, by run_generate
         llm_calls=usage.total("calls") + (judge.ctx.llm.usage.total("calls") if judge else 0),
         cache_hits=usage.total("cache_hits") + (judge.ctx.llm.usage.total("cache_hits") if judge else 0),
         wall_seconds=round(time.monotonic() - started, 2),
         labels=index.label_counts(),
         batch=runner.summary() if runner is not None else None,
     )
-    sidecar(output, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
-    return summary
+    return summary, filtered_before
+
+
+async def whole_job(
+    cfg: GenerateConfig, s: GenerateSummary, filtered_before: int, backend: Backend | None,
+    judge_backend: Backend | None, console: Console,
+) -> dict[str, Any]:
+    """The whole job's tokens (every run), counted as an uninterrupted run of it would count them.
+
+    `counted` says how: "this run" (it found nothing done, so it did every row itself),
+    "previous summary" (it had nothing to do, and the last summary describes the output it found),
+    "replayed from the cache" (a resumed job, recounted through a cache-only backend: no request
+    leaves), or, with --no-cache, "previous summary + this run" (a failed prompt retried is then
+    counted again). `exact` is false when that count may be off: a replay that missed answers
+    (another cache file, or --no-cache earlier), or the sum without a cache.
+    """
+    filtered_rows = filtered_before + s.filtered
+    previous = _previous_job(Path(cfg.output))
+    if not s.resumed and not filtered_before:
+        usage, judge_usage, counted, exact = job_steps(s.usage), job_steps(s.judge_usage), "this run", True
+    elif (not s.pairs_written and not s.filtered and not s.failures and previous
+          and (previous.get("pairs"), previous.get("filtered_rows"), previous.get("prompts"))
+          == (s.resumed, filtered_before, s.prompts)):
+        usage, judge_usage = previous.get("usage") or {}, previous.get("judge_usage") or {}
+        counted, exact = "previous summary", bool(previous.get("exact"))
+    elif cfg.use_cache:
+        replay = await _replay(cfg, backend, judge_backend, console)
+        usage, judge_usage, counted = job_steps(replay.usage), job_steps(replay.judge_usage), "replayed from the cache"
+        exact = replay.pairs_total == s.pairs_total and replay.filtered == filtered_rows
+    else:
+        before = previous or {}
+        usage = add_steps(before.get("usage") or {}, job_steps(s.usage))
+        judge_usage = add_steps(before.get("judge_usage") or {}, job_steps(s.judge_usage))
+        counted, exact = "previous summary + this run", False
+    tokens = [usage_totals(usage), usage_totals(judge_usage)]
+    return {
+        "counted": counted,
+        "exact": exact,
+        "prompts": s.prompts,
+        "pairs": s.pairs_total,
+        "filtered_rows": filtered_rows,
+        "tokens_in": sum(t["tokens_in"] for t in tokens),
+        "tokens_out": sum(t["tokens_out"] for t in tokens),
+        "usage": usage,
+        "judge_usage": judge_usage,
+    }
+
+
+def _previous_job(output: Path) -> dict[str, Any] | None:
+    """The `job` record of the output's last summary, if there is a readable one."""
+    with contextlib.suppress(OSError, ValueError):
+        job = json.loads(sidecar(output, "summary").read_text("utf-8")).get("job")
+        return job if isinstance(job, dict) else None
+    return None
+
+
+async def _replay(
+    cfg: GenerateConfig, backend: Backend | None, judge_backend: Backend | None, console: Console
+) -> GenerateSummary:
+    """The whole job again into a scratch file, answered only from the cache: its tokens, no calls."""
+    real, real_judge = job_backends(cfg, backend, judge_backend)  # the job's cache keys
+    if needs_judge(cfg):
+        real_judge = real_judge or make_backend(cfg.judge.connection(cfg.backend))
+    with tempfile.TemporaryDirectory(prefix="rmboost-replay-") as scratch:
+        # Online and cache-only: no request leaves, so neither does a batch.
+        replay = replace(cfg, output=Path(scratch) / "pairs.jsonl", batch=replace(cfg.batch, enabled=False),
+                         show_progress=False, price_in=None, price_out=None)
+        return await run_generate(replay, console, backend=CacheOnly(real),
+                                  judge_backend=CacheOnly(real_judge) if real_judge else None)
+
+
+def _job_cost(cfg: GenerateConfig, s: GenerateSummary) -> dict[str, float] | None:
+    """Dollars: the whole job's tokens (`total`) and those paid in this run (`this_run`)."""
+    assert s.job is not None
+    job = estimate_cost([s.job["usage"], s.job["judge_usage"]], cfg.price_in, cfg.price_out, cfg.batch)
+    run = estimate_cost([s.usage, s.judge_usage], cfg.price_in, cfg.price_out, cfg.batch)
+    return None if job is None or run is None else {"total": job["total"], "this_run": run["this_run"]}
 
 
 def job_backends(

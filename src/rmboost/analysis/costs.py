@@ -1,7 +1,8 @@
 """Tokens, cost, failures and filter rate of one generation job, from its pairs.summary.json.
 
 The tokens it took to make the data count paid and cached answers alike (rmboost.llm.accounting),
-so a resumed or re-run job reports the same totals.
+so a resumed or re-run job reports the same totals. A summary's `job` record (every run of the
+job) is used where there is one; older summaries have only the last run's `usage`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ def generation_costs(
     """One variant's accounting. `kept`/`filtered_rows` are the line counts of pairs.jsonl and
     pairs.filtered.jsonl when known: they cover every run of a resumed job, the summary only the last.
     """
-    gen = usage_totals(summary.get("usage") or {})
-    judge = usage_totals(summary.get("judge_usage") or {})
+    job = summary.get("job") if isinstance(summary.get("job"), dict) else summary
+    usage, judge_usage = job.get("usage") or {}, job.get("judge_usage") or {}
+    gen, judge = usage_totals(usage), usage_totals(judge_usage)
     pairs = kept if kept is not None else int(summary.get("pairs_total") or 0)
     filtered = filtered_rows if filtered_rows is not None else int(summary.get("filtered") or 0)
     if filtered_rows is not None and pairs + filtered_rows > 0:
@@ -37,8 +39,8 @@ def generation_costs(
         "generator": gen,
         "judge": judge,
         "steps": {
-            **{k: step_totals(v) for k, v in (summary.get("usage") or {}).items()},
-            **{f"judge:{k}": step_totals(v) for k, v in (summary.get("judge_usage") or {}).items()},
+            **{k: step_totals(v) for k, v in usage.items()},
+            **{f"judge:{k}": step_totals(v) for k, v in judge_usage.items()},
         },
         "tokens_total": total,
         "tokens_per_pair": total / pairs if pairs else None,

@@ -93,7 +93,8 @@ class PairWriter:
     """
 
     def __init__(self, output: str | Path, index: JobIndex | None = None, *, scan: bool = True):
-        """Open the output for appending and index the pairs it already holds.
+        """Index the pairs the output already holds; the working file is opened (created) at the
+        first write, so a job that stops before writing anything leaves no file behind.
 
         With `scan=False` the indexing is left to `await scan()`, which hands the event loop a
         turn every SCAN_CHUNK lines (an async job resuming a million pairs); write nothing before it.
@@ -107,7 +108,7 @@ class PairWriter:
         if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
             atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
         self._size = 0
-        self._fh = self.path.open("ab")  # O_APPEND: writes go to the end, wherever the scan cuts it
+        self._fh: BinaryIO | None = None
         if scan:
             for _ in self._scan():
                 pass
@@ -132,6 +133,8 @@ class PairWriter:
                 yield row["id"], offset, length, _label(row)
 
         good = 0
+        if not self.path.exists():
+            return
         rows = lines()
         while chunk := list(itertools.islice(rows, SCAN_CHUNK)):
             with self.index.batch():
@@ -154,6 +157,8 @@ class PairWriter:
         if row["id"] in self:
             raise ValueError(f"pair id {row['id']!r} written twice")
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        if self._fh is None:  # O_APPEND: writes go to the end, wherever the scan cut it
+            self._fh = self.path.open("ab")
         self._fh.write(line)
         self._fh.flush()
         self.index.add_lines([(row["id"], self._size, len(line), _label(row))])
@@ -164,7 +169,8 @@ class PairWriter:
 
         The input order is the index's (`order`, if given, replaces it).
         """
-        self._fh.close()
+        self.close_file()
+        self.path.touch()  # a finished job without a pair still has its (empty) dataset
         if order is not None:
             self.index.set_inputs(order)
         if self.output.suffix == ".jsonl":
@@ -179,8 +185,13 @@ class PairWriter:
             self.path.unlink(missing_ok=True)
         return self.output
 
+    def close_file(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
     def close(self) -> None:
-        self._fh.close()
+        self.close_file()
         if self._owns_index:
             self.index.close()
 

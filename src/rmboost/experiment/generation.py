@@ -1,27 +1,25 @@
 """Stage 2: one variant's pairs in gen/<variant>/, through the same job as `rmboost generate`.
 
 A variant's generation settings are recorded in its stage.json; a re-run with other settings is
-refused (mixing two settings in one pair file would be silent corruption). A resumed job's
-tokens are recounted by replaying the whole job from the cache, so they cover every pair.
+refused (mixing two settings in one pair file would be silent corruption). The tokens and cost
+are the whole job's, as `rmboost generate` counts them (a resumed job is replayed from the cache).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from rmboost.backends import BackendOptions, make_backend
+from rmboost.backends import BackendOptions
 from rmboost.data.pairs import sidecar
 from rmboost.experiment.config import GENERATOR_SAMPLING, ConfigError, ExperimentConfig
-from rmboost.generate import GenerateConfig, job_backends, needs_judge, run_generate
+from rmboost.generate import GenerateConfig, run_generate
 from rmboost.llm import Backend
-from rmboost.llm.accounting import estimate_cost, usage_totals
-from rmboost.llm.replay import CacheOnly
+from rmboost.llm.accounting import usage_totals
 from rmboost.methods.judge import CONNECTION
 from rmboost.runfolder import RunFolder, Variant, count_rows
 from rmboost.tasks import load_task
@@ -79,12 +77,8 @@ def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
 async def generate_variant(
     gcfg: GenerateConfig, console: Console, backend: Backend | None, judge_backend: Backend | None
 ) -> dict[str, Any]:
-    """Run (or resume) one variant's generation and return complete accounting for its pairs.
-
-    A resumed job's summary counts only this run's requests. When the job was resumed, the whole
-    job is replayed from the cache into a scratch file (no calls: every answer is stored) so the
-    tokens and cost are those of all its pairs, as a method-to-method comparison needs.
-    """
+    """Run (or resume) one variant's generation and return complete accounting for its pairs:
+    the whole job's tokens and cost (every run), as `run_generate` counts them."""
     folder = Path(gcfg.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     stage = folder / "stage.json"
@@ -101,24 +95,8 @@ async def generate_variant(
     else:
         stage.write_text(json.dumps({"generate": ident}, indent=2) + "\n", "utf-8")
     summary = await run_generate(gcfg, console, backend=backend, judge_backend=judge_backend)
-    full = summary
-    if summary.resumed and gcfg.use_cache:
-        with tempfile.TemporaryDirectory() as scratch:
-            # Online and cache-only: no request leaves, so neither does a batch.
-            replay = replace(gcfg, output=Path(scratch) / "pairs.jsonl", batch=replace(gcfg.batch, enabled=False))
-            real, real_judge = job_backends(gcfg, backend, judge_backend)  # the job's cache keys
-            if needs_judge(gcfg):
-                real_judge = real_judge or make_backend(gcfg.judge.connection(gcfg.backend))
-            full = await run_generate(replay, console, backend=CacheOnly(real),
-                                      judge_backend=CacheOnly(real_judge) if real_judge else None)
-        # ... but the job's tokens were bought at its prices (batch prices in batch mode).
-        full = replace(full, batch=summary.batch, cost_usd=estimate_cost(
-            [full.usage, full.judge_usage], gcfg.price_in, gcfg.price_out, gcfg.batch))
-        # The variant's summary then describes the whole job, as an uninterrupted run's would.
-        record_summary = {**asdict(full), "output": summary.output, "failures_file": summary.failures_file,
-                          "replayed_from_cache": True}
-        sidecar(Path(gcfg.output), "summary").write_text(json.dumps(record_summary, indent=2) + "\n", "utf-8")
-    gen_tokens, judge_tokens = usage_totals(full.usage), usage_totals(full.judge_usage)
+    job = summary.job or {}
+    gen_tokens, judge_tokens = usage_totals(job.get("usage") or {}), usage_totals(job.get("judge_usage") or {})
     tokens = sum(t["tokens_in"] + t["tokens_out"] for t in (gen_tokens, judge_tokens))
     filtered = count_rows(sidecar(Path(gcfg.output), "filtered"))
     failures = count_rows(sidecar(Path(gcfg.output), "failures"))
@@ -134,7 +112,7 @@ async def generate_variant(
         "judge_tokens_in": judge_tokens["tokens_in"],
         "judge_tokens_out": judge_tokens["tokens_out"],
         "tokens_per_pair": round(tokens / pairs, 1) if pairs else None,
-        "cost_usd": (full.cost_usd or {}).get("total"),  # the whole job's, priced by run_generate
+        "cost_usd": (summary.cost_usd or {}).get("total"),  # the whole job's, priced by run_generate
         "calls_this_run": summary.llm_calls,
         "cache_hits_this_run": summary.cache_hits,
         "wall_seconds": summary.wall_seconds,

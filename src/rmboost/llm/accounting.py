@@ -85,3 +85,19 @@ def estimate_cost(
     cached_out = sum(t["tokens_out"] for t in totals) - paid_out
     paid = paid_in * pin + paid_out * pout
     return {"total": round(paid + cached_in * pin + cached_out * pout, 6), "this_run": round(paid, 6)}
+
+
+def job_steps(usage: Usage) -> dict[str, dict[str, int]]:
+    """A usage record as the tokens it took (paid + cached) and requests, per step: a job's usage."""
+    return {step: step_totals(counters) for step, counters in sorted(usage.items())}
+
+
+def add_steps(*usages: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The sum of job usages (`job_steps` records), step by step."""
+    summed: dict[str, dict[str, int]] = {}
+    for usage in usages:
+        for step, counters in usage.items():
+            into = summed.setdefault(step, {"tokens_in": 0, "tokens_out": 0, "calls": 0})
+            for key in into:
+                into[key] += _count(counters, key)
+    return dict(sorted(summed.items()))
