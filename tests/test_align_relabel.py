@@ -171,6 +171,38 @@ def test_bad_score_columns_name_the_row(tmp_path: Path, rows: list[dict], args: 
     assert not out.exists()  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--scores-from", "judge", "--scale", "1-7"], "rates on 1-10, but the goal scale is 1-7: use --scale 1-10"),
+        (["--scores-from", "judge", "--task", "no_such_task"], "unknown task 'no_such_task'"),
+        (["--scores-from", "rm:{tmp}/no-model"], "reward model not found: {tmp}/no-model"),
+        (["--scores-from", "rm:"], "--scores-from 'rm:': use columns, judge or rm:PATH"),
+        (["--scores-from", "rm:{tmp}", "--rm-mapping", "rank"], "unknown mapping 'rank'"),
+        (["--split", "val"], "unknown split 'val'"),
+        (["-o", "{tmp}/out.json"], "use a .jsonl file name"),
+    ],
+)
+def test_option_errors_come_before_any_work(tmp_path: Path, args: list[str], expected: str) -> None:
+    """Was: `--scores-from judge --scale 1-7` printed `rating N pairs with the judge` before the error.
+    The input does not exist: an option error must come before the file is even read."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    r = CliRunner().invoke(app, ["relabel", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "out.jsonl"), *args],
+                           env={"COLUMNS": "300"})
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())
+    assert expected.replace("{tmp}", str(tmp_path)) in text, text
+    assert "rating" not in text and "scoring" not in text and "not found: " + str(tmp_path / "missing") not in text
+
+
+def test_judge_scale_is_checked_before_the_rating_message(tmp_path: Path) -> None:
+    src = write(tmp_path / "pairs.jsonl", [plain_pair()])
+    r = CliRunner().invoke(app, ["relabel", str(src), "-o", str(tmp_path / "out.jsonl"), "--scores-from", "judge",
+                                 "--scale", "1-7"], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "use --scale 1-10" in r.output
+    assert "rating" not in r.output and not (tmp_path / "out.jsonl").exists()
+
+
 def test_csv_scores_are_read_as_numbers(tmp_path: Path) -> None:
     csv = tmp_path / "pairs.csv"
     csv.write_text('prompt,chosen,rejected,chosen_score,rejected_score\n"Q?","good","bad","9","2.50"\n', "utf-8")

@@ -92,6 +92,33 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     assert res.returncode == 2 and "rm.lr: unknown setting" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"data": {"qa_feedback": "{tmp}/nonexist"}}, "data.qa_feedback: {tmp}/nonexist not found"),
+        ({"data": {"qa_feedback": "{tmp}"}}, "data.qa_feedback: {tmp} has no dev_feedback.json"),
+        ({"data": {"prompts": "{tmp}/p.jsonl", "test": "{tmp}/no-test.jsonl", "real_train": "{tmp}/p.jsonl"}},
+         "data.test: {tmp}/no-test.jsonl not found"),
+        ({"data": {"prompts": "sample:nope", "test": "{tmp}/p.jsonl", "real_train": "{tmp}/p.jsonl"}},
+         "data.prompts: no shipped sample named 'nope'"),
+        ({"task": "{tmp}/missing-task.yaml", "data": {"qa_feedback": str(QA_FEEDBACK)}},
+         "task: task file not found: {tmp}/missing-task.yaml"),
+    ],
+)
+def test_missing_files_stop_the_run_before_the_run_folder_is_touched(tmp_path, sections, message):
+    """Was: config.yaml and data/ were written first, and the error did not name the config key."""
+    (tmp_path / "p.jsonl").write_text('{"question": "q", "passages": "p"}\n', "utf-8")
+    data = {k: v.replace("{tmp}", str(tmp_path)) for k, v in sections["data"].items()}
+    task = sections.get("task", "qa_feedback").replace("{tmp}", str(tmp_path))
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "exp.yaml", task=task, data=data, output=str(run))
+    res = subprocess.run([*RMBOOST, "experiment", str(config)], capture_output=True, text=True)
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 2, res.stderr
+    assert f"{config}: {message.replace('{tmp}', str(tmp_path))}" in text and "Traceback" not in text
+    assert not run.exists()
+
+
 def test_grid_has_one_real_row_per_seed_and_every_variant_setting(tmp_path):
     cfg = load_config(write_config(tmp_path / "exp.yaml", methods=["rmboost", "rlcd"], ablations=["no-aspect"],
                                    seeds=[0, 1], mixture={"real": 2, "syn": 1}))

@@ -7,6 +7,7 @@ worked out by hand; the CLI path with a real trained model is in test_rm_export.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from rmboost.rm.rewardbench import (
     SUBSET_MAPPING,
     best_of_n_credit,
     evaluate_benchmark,
+    print_benchmark,
     read_benchmark,
 )
 
@@ -134,6 +136,22 @@ def test_rewardbench2_best_of_4_and_ties_by_hand(tmp_path):
     assert m["score"] == pytest.approx((0.5 + 1.0 + expected_ties) / 3)
     assert m["missing_subsets"] == ["Precise IF", "Safety", "Focus"]
     assert best_of_n_credit([1.0, 1.0, 1.0, 0.0]) == pytest.approx(1 / 3) and best_of_n_credit([0.0, 1.0]) == 0.0
+
+
+def test_ties_without_ref_and_tied_rows_print_why_they_have_no_score(tmp_path):
+    """Was: the Ties `note` went to the JSON only; the table showed "-" with no reason."""
+    from rich.console import Console
+
+    rows = [{"id": "f1", "subset": "Factuality", "prompt": "p", "chosen": ["c"], "rejected": ["r1", "r2", "r3"]},
+            {"id": "ref:1", "subset": "Ties", "prompt": "q", "chosen": ["a"], "rejected": ["b"], "num_correct": 1}]
+    rewards = {"c": 1.0, "r1": 0.0, "r2": 0.0, "r3": 0.0, "a": 1.0, "b": 0.0}
+    m = evaluate_benchmark(TableScorer(rewards), write_jsonl(tmp_path / "rb2.jsonl", rows), "rewardbench2")
+    assert m["subsets"]["Ties"]["score"] is None
+    buffer = io.StringIO()
+    print_benchmark(m, Console(file=buffer, width=200))
+    lines = buffer.getvalue().splitlines()
+    assert "Ties: no score (no prompt has both a ref:N and a tied:N row)" in lines
+    assert not any(line.startswith("Factuality: no score") for line in lines)
 
 
 def test_benchmark_files_with_problems_name_the_row(tmp_path):

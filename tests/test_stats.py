@@ -6,6 +6,7 @@ simulation of clustered test sets scored by the production decision rule.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -289,3 +290,36 @@ def test_eval_rm_says_when_the_interval_alone_would_have_called_it():
     text = console.export_text()
     assert paired["ci95"][0] > 0 and not paired["detected"]
     assert "not detected: the interval excludes 0 but p >= 0.05" in text and "p = 0.125" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--test", "{test}", "--pairs", "10"], "gives the pairs and pairs per question; drop --pairs, or --test"),
+        (["--test", "{test}", "--questions", "5", "--pairs-per-question", "2"], "drop --questions and --pairs-per-question"),
+        (["--pairs", "10", "--questions", "5", "--pairs-per-question", "3"], "both set pairs per question: give one"),
+        (["--questions", "78"], "--questions sets pairs per question together with --pairs: give --pairs too"),
+    ],
+)
+def test_power_refuses_two_sources_for_the_same_number(tmp_path, args, message):
+    """Was: `--test FILE --pairs 10` printed "10 pairs (78 questions)", mixing the two silently."""
+    test = write_test_pairs(tmp_path / "test.jsonl")
+    res = CliRunner().invoke(app, ["power", "--accuracy", "60", *(a.replace("{test}", str(test)) for a in args)],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "assumptions" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def write_test_pairs(path):
+    """6 pairs, 2 per question."""
+    path.write_text("".join(json.dumps({"prompt": f"q{i // 2}", "chosen": "a", "rejected": "b", "group": f"g{i // 2}"})
+                            + "\n" for i in range(6)), "utf-8")
+    return path
+
+
+def test_power_takes_pairs_and_questions_from_a_test_file(tmp_path):
+    test = write_test_pairs(tmp_path / "test.jsonl")
+    res = CliRunner().invoke(app, ["power", "--accuracy", "60", "--test", str(test)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "2.00 pairs per question" in res.output and "with 6 pairs (3 questions)" in res.output

@@ -60,3 +60,39 @@ def test_bad_tasks_name_the_problem(tmp_path: Path):
     broken.write_text(USER_TASK.replace("{{ diff }}", "{{ diff "))
     with pytest.raises(TaskError, match="Jinja2"):
         load_task(str(broken))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        # the newcomer's case: an unquoted comma in flow-mapping text makes a stray key `briefly.: null`
+        ("{name: tone, title: Tone, description: Is kind.}", "{name: tone, title: Tone, description: Is kind, briefly.}",
+         "aspects[1] (tone): unknown key 'briefly.' (known: name, title, description); a comma in unquoted text"),
+        ("{name: correctness, description: Finds the bugs.}", "{name: correctness, descripton: Finds the bugs.}",
+         "aspects[0] (correctness): unknown key 'descripton' (did you mean 'description'?)"),
+        ("{name: diff, tag: diff}", "{name: diff, tag: diff, requird: false}",
+         "inputs[0] (diff): unknown key 'requird' (did you mean 'required'?)"),
+        ("response_noun: review", "response_nouns: review", "unknown key 'response_nouns' (did you mean 'response_noun'?)"),
+    ],
+)
+def test_unknown_task_keys_are_errors_naming_file_and_key(tmp_path: Path, old: str, new: str, message: str):
+    path = tmp_path / "review.yaml"
+    assert old in USER_TASK
+    path.write_text(USER_TASK.replace(old, new))
+    with pytest.raises(TaskError) as err:
+        load_task(str(path))
+    assert f"task {path}: " in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_task_key_fails_the_cli_in_one_line(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from rmboost.cli import app
+
+    path = tmp_path / "review.yaml"
+    path.write_text(USER_TASK + "aspect_mode: all\n")
+    res = CliRunner().invoke(app, ["tasks", str(path)])
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())  # the console wraps long lines
+    assert "unknown key 'aspect_mode'" in text and "Traceback" not in text

@@ -251,6 +251,13 @@ def check_value(value: Any, s: Setting, where: str) -> None:
     check_choice(value, s, where)
 
 
+def did_you_mean(key: Any, known: Iterable[str]) -> str:
+    """The hint after an unknown key: " (did you mean 'x'?)", or " (known: a, b, ...)" when none is close."""
+    known = list(known)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+
+
 def check_settings(data: Any, known: dict[str, Setting], where: str, *, deep: bool = True) -> dict[str, Any]:
     """Unknown keys (with a suggestion) and wrong values fail here, named by their path.
 
@@ -264,9 +271,7 @@ def check_settings(data: Any, known: dict[str, Setting], where: str, *, deep: bo
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
-            raise OptionError(f"{path}: unknown setting{hint}")
+            raise OptionError(f"{path}: unknown setting{did_you_mean(key, known)}")
         if deep:
             check_value(value, known[key], path)
     return dict(data)

@@ -31,13 +31,26 @@ class PowerOptions:
     pairs: int | None = option(None, check=at_least(1), help="Test pairs you have: the seeds column and the detectable difference use it.")
     pairs_per_question: float | None = option(None, check=at_least(1), help="Test pairs per question (prompt); 1 = independent pairs.")
     questions: int | None = option(None, check=at_least(1), help="Questions in your test set (with --pairs: sets pairs per question).")
-    test: Path | None = option(None, help="A pair file: pairs and pairs per question (its `group` column) from it.")
+    test: Path | None = option(None, help="A pair file: pairs and pairs per question (its `group` column) from it; not with --pairs, --questions or --pairs-per-question.")
     icc: float = reuse(Design, "icc")
     seeds: int = reuse(Design, "seeds")
     seed_sd: float = option(0.0, check=at_least(0), help="SD of one model's accuracy over seeds, in points.")
     discordance: float | None = option(None, help="Share of pairs the two models disagree on (default: independent errors, 2p(1-p)).")
     alpha: float = reuse(Design, "alpha")
     power: float = reuse(Design, "power")
+
+
+def check_sources(opts: PowerOptions) -> None:
+    """One source for each number: --test gives the pairs and the pairs per question, --pairs with
+    --questions or --pairs-per-question gives them by hand; any two that overlap are refused."""
+    given = [f for f, v in (("--pairs", opts.pairs), ("--questions", opts.questions),
+                            ("--pairs-per-question", opts.pairs_per_question)) if v is not None]
+    if opts.test is not None and given:
+        raise ValueError(f"--test {opts.test} gives the pairs and pairs per question; drop {' and '.join(given)}, or --test")
+    if opts.questions is not None and opts.pairs_per_question is not None:
+        raise ValueError("--questions (with --pairs) and --pairs-per-question both set pairs per question: give one")
+    if opts.questions is not None and opts.pairs is None:
+        raise ValueError("--questions sets pairs per question together with --pairs: give --pairs too")
 
 
 @options_cli.command(PowerOptions)
@@ -48,6 +61,7 @@ def power(opts: PowerOptions) -> None:
     p = as_share(opts.accuracy)
     pairs, questions, m = opts.pairs, opts.questions, opts.pairs_per_question
     try:
+        check_sources(opts)
         if opts.test is not None:
             from rmboost.rm.data import read_pairs
             from rmboost.rm.evaluate import resampling_units
@@ -55,7 +69,7 @@ def power(opts: PowerOptions) -> None:
 
             rows = read_pairs(opts.test, "none")
             unit, n_units, _ = resampling_units(rows)
-            pairs, questions, m = pairs or len(rows), n_units, cluster_size(unit, n_units)
+            pairs, questions, m = len(rows), n_units, cluster_size(unit, n_units)
         elif m is None:
             m = pairs / questions if pairs and questions else 1.0
         design = Design(pairs=pairs or 1, pairs_per_question=m, icc=opts.icc, seeds=opts.seeds,

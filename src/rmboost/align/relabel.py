@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmboost import options
 from rmboost.align.goals import GoalFlags, GoalSpec, format_score, goal_row
 from rmboost.align.scores import fine_grained_mean, judge_scores, read_score, rm_scores, round_score
 from rmboost.data.inputs import InputError
@@ -36,6 +37,7 @@ from rmboost.data.messages import SourcePair, read_source_pairs
 from rmboost.data.pairs import atomic_write_jsonl, sidecar, write_summary
 from rmboost.methods.judge import CONNECTION, JudgeOptions
 from rmboost.options import at_least, group, option
+from rmboost.tasks import load_task
 
 SCORE_SOURCES = "columns, judge or rm:PATH"
 
@@ -98,6 +100,11 @@ def relabel_pairs(
 # The job
 
 
+def score_source_check(source: str) -> str | None:
+    ok = source in ("columns", "judge") or (source.startswith("rm:") and len(source) > 3)
+    return None if ok else f"{source!r}: use {SCORE_SOURCES}"
+
+
 @dataclass
 class FineGrainedColumns:
     """`relabel`'s two per-aspect rating columns, given together or not at all."""
@@ -118,12 +125,12 @@ class RelabelConfig:
     input: Path = option(argument=True, help="Pairs (.jsonl/.parquet/...): prompt, chosen, rejected (plain or chat) and, with --scores-from columns, their scores.")
     output: Path = option(flags=("--output", "-o"), help="Relabelled pairs (.jsonl); <name>.summary.json and, if any pair is removed, <name>.filtered.jsonl beside it.")
     spec: GoalSpec = option(default_factory=GoalSpec, cli_type=GoalFlags, parse=GoalFlags.spec)
-    split: str | None = option(None, help="train (double and swap) or test (never augmented: each pair once at the top goal). Default train, but a file that looks like a test split must say so.")
-    scores_from: str = option("columns", help="columns (--chosen-score/--rejected-score), judge (the LLM judge rates each response 1-10) or rm:PATH (a train-rm model, rewards mapped onto the scale).")
+    split: str | None = option(None, choices=("train", "test"), help="train (double and swap) or test (never augmented: each pair once at the top goal). Default train, but a file that looks like a test split must say so.")
+    scores_from: str = option("columns", check=score_source_check, help="columns (--chosen-score/--rejected-score), judge (the LLM judge rates each response 1-10) or rm:PATH (a train-rm model, rewards mapped onto the scale).")
     chosen_score: str = option("chosen_score", help="Column with the chosen response's score (dotted paths reach into dicts).")
     rejected_score: str = option("rejected_score", help="Column with the rejected response's score.")
     digits: int | None = option(None, flags=("--score-digits",), help="Round scores to this many decimals (default: columns as given, judge/rm to whole numbers).")
-    rm_mapping: str = option("quantile", help="rm: quantile (rank among all responses, spread over the scale) or linear (min-max).")
+    rm_mapping: str = option("quantile", choices=("quantile", "linear"), noun="mapping", help="rm: quantile (rank among all responses, spread over the scale) or linear (min-max).")
     fine_grained: tuple[str, str] | None = option(None, cli_type=FineGrainedColumns, parse=FineGrainedColumns.pair)
     drop_ties: bool = option(False, help="Remove pairs whose two scores are equal (kept by default: both rows then say 'equally good at this score').")
     task: str = option("qa_feedback", help="Task whose guideline the judge applies.")
@@ -202,18 +209,36 @@ def get_scores(
     raise ValueError(f"--scores-from {cfg.scores_from!r}: use {SCORE_SOURCES}")
 
 
-def run_relabel(cfg: RelabelConfig, log: Any = None, judge_backend: Any = None, progress: Any = None) -> dict[str, Any]:
-    """Read, score, filter, double and write; returns the summary (also saved beside the output).
-
-    Every row is read and validated (scores, fine-grained columns) before anything is written,
-    and the output is written atomically, so a bad row costs nothing but the message.
-    """
-    started = time.perf_counter()
-    say = log or (lambda _m: None)
+def check_config(cfg: RelabelConfig) -> None:
+    """Options and their combinations, checked before any file is read or message printed (the
+    command line has checked each flag alone; a config built in code is checked here)."""
+    options.validate(cfg)
     if cfg.output.suffix != ".jsonl":
         raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
     if cfg.output.resolve() == Path(cfg.input).resolve():
         raise ValueError("--output must differ from the input file")
+    if cfg.split == "test":  # the test split needs no scores
+        return
+    if cfg.scores_from == "judge":
+        if (cfg.spec.low, cfg.spec.high) != (1.0, 10.0):
+            raise ValueError(f"--scores-from judge rates on 1-10, but the goal scale is {cfg.spec.scale}: use --scale 1-10")
+        load_task(cfg.task)  # an unknown task or a bad task file: TaskError names it
+    elif cfg.scores_from.startswith("rm:"):
+        model = Path(cfg.scores_from[3:])
+        if not (model / "config.json").is_file():
+            raise FileNotFoundError(f"reward model not found: {model} (expected a folder written by `rmboost train-rm`)")
+
+
+def run_relabel(cfg: RelabelConfig, log: Any = None, judge_backend: Any = None, progress: Any = None) -> dict[str, Any]:
+    """Read, score, filter, double and write; returns the summary (also saved beside the output).
+
+    The options are checked first (`check_config`); every row is read and validated (scores,
+    fine-grained columns) before anything is written, and the output is written atomically, so a
+    bad row costs nothing but the message.
+    """
+    started = time.perf_counter()
+    say = log or (lambda _m: None)
+    check_config(cfg)
     spec = cfg.spec
     pairs = read_source_pairs(cfg.input)
     split = resolve_split(cfg, pairs)

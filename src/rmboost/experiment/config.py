@@ -1,7 +1,8 @@
 """The experiment file: its sections as dataclasses, loading with named errors, and the grid it asks for.
 
 Unknown keys, wrong types and values outside a setting's choices fail before any work, named by
-their path (`rm.epoch: unknown setting (did you mean 'epochs'?)`). The sections are the options
+their path (`rm.epoch: unknown setting (did you mean 'epochs'?)`); `check_inputs` then checks the
+task and the files named in `data` (`data.qa_feedback: /x not found`) before the run folder is made. The sections are the options
 dataclasses the settings feed (rmboost.options): `judge` is JudgeOptions, `generation` takes
 GenerateConfig's declarations, `generator` is BackendOptions plus GenerateConfig's sampling and
 batch mode (`batch: true`, or a mapping of BatchOptions settings), `rm` is TrainRMConfig; so every
@@ -19,11 +20,13 @@ import yaml
 
 from rmboost import options
 from rmboost.backends import BackendOptions
+from rmboost.data.inputs import SAMPLE_PREFIX, InputError, sample_path
 from rmboost.generate import GenerateConfig
 from rmboost.llm.batch import BatchOptions
 from rmboost.methods.judge import JudgeOptions
 from rmboost.options import OptionError, Setting, option, reuse
 from rmboost.runfolder import REAL, Variant
+from rmboost.tasks import TaskError, TaskSpec, load_task
 
 METHOD_NAMES = ("rmboost", "rlcd", "rlaif", "west-of-n")
 ABLATIONS = ("no-aspect", "no-filter", "sft-response")  # paper Table 3, all variants of rmboost
@@ -203,6 +206,43 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad = set(cfg.method_options[variant]) - {f.name for f in dataclasses.fields(GenerateConfig)}
         if bad:
             raise ConfigError(f"method_options.{variant}: unknown generate setting {sorted(bad)[0]!r}")
+
+
+def check_inputs(cfg: ExperimentConfig, path: str | Path) -> TaskSpec:
+    """The task (returned) and the data files the run will read: checked before anything is
+    written, each problem named by the config file and its key."""
+    try:
+        try:
+            task = load_task(cfg.task)
+        except TaskError as exc:
+            raise ConfigError(f"task: {exc}") from None
+        check_files(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return task
+
+
+def check_files(cfg: ExperimentConfig) -> None:
+    """Every file in `data` that the run reads exists (`data.qa_feedback: /x not found`)."""
+    d = cfg.data
+    if d.qa_feedback is not None:  # then prompts, real_train and test come from it
+        folder = Path(d.qa_feedback)
+        if not folder.exists():
+            raise ConfigError(f"data.qa_feedback: {folder} not found")
+        if folder.is_dir() and not (folder / "dev_feedback.json").is_file():
+            raise ConfigError(f"data.qa_feedback: {folder} has no dev_feedback.json")
+        return
+    for key in ("prompts", "real_train", "test"):
+        value = getattr(d, key)
+        if value is None:
+            continue
+        if str(value).startswith(SAMPLE_PREFIX):
+            try:
+                sample_path(str(value)[len(SAMPLE_PREFIX):])
+            except InputError as exc:
+                raise ConfigError(f"data.{key}: {exc}") from None
+        elif not Path(value).exists():
+            raise ConfigError(f"data.{key}: {value} not found")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.experiment.beta import beta_stage
-from rmboost.experiment.config import cells, load_config, variants
+from rmboost.experiment.config import cells, check_inputs, load_config, variants
 from rmboost.experiment.data import prepare_data
 from rmboost.experiment.generation import generate_config, generate_variant, generator_backend
 from rmboost.experiment.log import RunLog
@@ -24,7 +24,6 @@ from rmboost.experiment.results import compare_run, format_table, heldout_info, 
 from rmboost.experiment.training import rm_settings, run_cell
 from rmboost.llm import Backend
 from rmboost.runfolder import REAL, RunFolder, count_rows, pairs_rel
-from rmboost.tasks import load_task
 
 
 async def run_experiment(
@@ -38,12 +37,12 @@ async def run_experiment(
     """Run or resume the whole study; returns results.json's content. Backends are for tests."""
     console = console or Console(stderr=True)
     cfg = load_config(config_path)
+    task = check_inputs(cfg, config_path)  # the task and the data files, before the run folder is touched
     run = Path(out or cfg.output or Path("runs") / cfg.name)
     folder = RunFolder(run)
     run.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_path, folder.config)
     log = RunLog(folder.log, console)
-    task = load_task(cfg.task)
     paths = prepare_data(cfg, run)
     test_info, baselines = heldout_info(paths["test"])
     log.event("data", f"{count_rows(paths['prompts'])} prompts, {count_rows(paths['real'])} real training pairs, "

@@ -260,6 +260,9 @@ def print_benchmark(m: dict[str, Any], console: Any) -> None:
         where = section_of.get(name, "Prior Sets" if name in PRIOR_SETS else "-") if v1 else ""
         table.add_row(name, str(v["n"]), "-" if value is None else f"{100 * value:.1f}", where)
     console.print(table)
+    for name, v in m["subsets"].items():  # why a subset shows "-" (Ties without ref/tied pairs)
+        if v.get("note"):
+            console.print(f"{name}: no score ({v['note']})", highlight=False)
     if v1:
         parts = [f"{k} {'-' if v is None else f'{100 * v:.1f}'}" for k, v in m["sections"].items()]
         if m["prior_sets"] is not None:

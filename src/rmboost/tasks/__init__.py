@@ -1,19 +1,23 @@
 """Task specs: what the inputs are, how they are shown, and the aspects a response is judged on.
 
 Built-in specs live in `tasks/builtin/*.yaml`; a user adds a task by passing the path of a YAML
-file with the same keys (see README, "Your own task").
+file with the same keys (see README, "Your own task"). A key the loader does not know, at the top
+or inside an aspect or input, is an error naming the file and the key: a typo, or the stray key a
+comma in unquoted flow-mapping text makes, would otherwise be dropped without a word.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
+
+from rmboost.options import did_you_mean
 
 
 class TaskError(ValueError):
@@ -47,7 +51,6 @@ class TaskSpec:
     response_noun: str = "response"
     reference_field: str | None = None
     source: str = "builtin"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def aspect(self, name: str) -> Aspect:
         for a in self.aspects:
@@ -75,7 +78,10 @@ def _compiled(source: str) -> jinja2.Template:
 
 
 _REQUIRED_KEYS = ("name", "role", "goal", "guideline", "aspects", "inputs", "prompt_template")
-
+_TOP_KEYS = ("name", "description", "role", "goal", "guideline", "response_noun", "inputs", "reference_field",
+             "prompt_template", "aspects")
+_ASPECT_KEYS = ("name", "title", "description")
+_INPUT_KEYS = ("name", "tag", "required")
 
 def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
@@ -108,9 +114,18 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
 def task_from_dict(data: Any, source: str = "dict") -> TaskSpec:
     if not isinstance(data, dict):
         raise TaskError(f"task {source}: expected a mapping at the top level")
+    _check_keys(data, _TOP_KEYS, source, "")
     missing = [k for k in _REQUIRED_KEYS if not data.get(k)]
     if missing:
         raise TaskError(f"task {source}: missing key(s) {', '.join(missing)}")
+    for section, known in (("aspects", _ASPECT_KEYS), ("inputs", _INPUT_KEYS)):
+        if not isinstance(data[section], list):
+            raise TaskError(f"task {source}: {section}: expected a list of mappings")
+        for i, entry in enumerate(data[section]):
+            where = f"{section}[{i}]" + (f" ({entry['name']})" if isinstance(entry, dict) and entry.get("name") else "")
+            if not isinstance(entry, dict):
+                raise TaskError(f"task {source}: {where}: expected a mapping, got {entry!r}")
+            _check_keys(entry, known, source, where)
     try:
         aspects = tuple(
             Aspect(
@@ -134,7 +149,6 @@ def task_from_dict(data: Any, source: str = "dict") -> TaskSpec:
         _jinja.parse(data["prompt_template"])
     except jinja2.TemplateSyntaxError as exc:
         raise TaskError(f"task {source}: prompt_template is not valid Jinja2: {exc}") from exc
-    known = {"description", "response_noun", "reference_field", *_REQUIRED_KEYS}
     return TaskSpec(
         name=str(data["name"]),
         description=" ".join(str(data.get("description", "")).split()),
@@ -147,5 +161,13 @@ def task_from_dict(data: Any, source: str = "dict") -> TaskSpec:
         response_noun=str(data.get("response_noun", "response")),
         reference_field=data.get("reference_field"),
         source=source,
-        extra={k: v for k, v in data.items() if k not in known},
     )
+
+
+def _check_keys(entry: dict[Any, Any], known: tuple[str, ...], source: str, where: str) -> None:
+    """An unknown key fails, named by file and path; a key with no value hints at the unquoted comma."""
+    for key, value in entry.items():
+        if key not in known:
+            comma = "; a comma in unquoted text starts a new key: quote the text" if value is None else ""
+            raise TaskError(f"task {source}: {where + ': ' if where else ''}unknown key {key!r}"
+                            f"{did_you_mean(key, known)}{comma}")
