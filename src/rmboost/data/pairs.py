@@ -5,13 +5,15 @@ While a job runs, every finished pair is appended to a JSONL working file and fl
 in the job's index (rows are not kept), and skips the ids it holds. At the end the dataset is
 written in input order by copying those lines in order, atomically (temp file + rename); a
 file already in order is left as it is. Parquet output is streamed too: written at the end from
-the working file in row groups (`write_parquet`), the same table as building it in one piece.
+the working file in row groups (`write_parquet`), its columns the keys of every row; a re-run
+whose output is a finished Parquet file turns it back into the working file a batch at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import json
 import os
@@ -102,10 +104,11 @@ class PairWriter:
         self.path = working_path(self.output)
         self.index = index if index is not None else JobIndex()
         self._owns_index = index is None
-        if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
-            atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
         self._size = 0
-        self._fh = self.path.open("ab")  # O_APPEND: writes go to the end, wherever the scan cuts it
+        # O_APPEND: writes go to the end, wherever the scan cuts it. A finished Parquet output
+        # with no working file is turned back into one first, by the scan (a batch at a time).
+        from_parquet = not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists()
+        self._fh: BinaryIO | None = None if from_parquet else self.path.open("ab")
         if scan:
             for _ in self._scan():
                 pass
@@ -129,6 +132,9 @@ class PairWriter:
                     raise ValueError(f"{self.path}: the pair at byte {offset} has no 'id'")
                 yield row["id"], offset, length, _label(row)
 
+        if self._fh is None:
+            yield from self._from_parquet()
+            self._fh = self.path.open("ab")
         good = 0
         rows = lines()
         while chunk := list(itertools.islice(rows, SCAN_CHUNK)):
@@ -142,6 +148,23 @@ class PairWriter:
                 fh.truncate(good)
         self._size = good
 
+    def _from_parquet(self) -> Iterator[None]:
+        """Write the finished Parquet output back as the working file, SCAN_CHUNK rows (one
+        record batch) at a time, yielding after each; renamed into place once whole."""
+        import pyarrow.parquet as pq
+
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a fixed name: the output's lock is held
+        try:
+            with tmp.open("wb") as fh:
+                for batch in pq.ParquetFile(self.output).iter_batches(batch_size=SCAN_CHUNK):
+                    for row in batch.to_pylist():
+                        fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                    yield
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def __contains__(self, row_id: str) -> bool:
         return self.index.has_line(row_id)
 
@@ -152,6 +175,7 @@ class PairWriter:
         if row["id"] in self:
             raise ValueError(f"pair id {row['id']!r} written twice")
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        assert self._fh is not None, "scan() before writing"
         self._fh.write(line)
         self._fh.flush()
         self.index.add_lines([(row["id"], self._size, len(line), _label(row))])
@@ -162,7 +186,8 @@ class PairWriter:
 
         The input order is the index's (`order`, if given, replaces it).
         """
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
         if order is not None:
             self.index.set_inputs(order)
         if self.output.suffix == ".jsonl":
@@ -171,14 +196,21 @@ class PairWriter:
                     atomic_write_bytes(self.output, lambda dst: _copy_spans(src, dst, self.index.ordered_spans()))
         else:
             tmp = self.output.with_name(self.output.name + ".tmp")
-            with self.path.open("rb") as src:
-                write_parquet(tmp, lambda: (_read_span(src, off, n) for off, n in self.index.ordered_spans()))
+            try:
+                with self.path.open("rb") as src:
+                    write_parquet(tmp, lambda: (_read_span(src, off, n) for off, n in self.index.ordered_spans()))
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)
+                if isinstance(exc, ColumnClash):
+                    raise ColumnClash(f"{self.output}: {exc}") from None
+                raise
             os.replace(tmp, self.output)
             self.path.unlink(missing_ok=True)
         return self.output
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
         if self._owns_index:
             self.index.close()
 
@@ -226,35 +258,52 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int, chunk: int =
         start += len(data)
 
 
+class ColumnClash(ValueError):
+    """Two rows give one Parquet column types that do not mix (bool and int, text and object, ...)."""
+
+
 def write_parquet(path: Path, lines: Callable[[], Iterable[bytes]]) -> None:
-    """Write JSON lines as a Parquet file, streamed: the table `pa.Table.from_pylist(all rows)`
-    would give, written in row groups of about ROW_GROUP_BYTES of JSON.
+    """Write JSON lines as a Parquet file, streamed, in row groups of about ROW_GROUP_BYTES of JSON.
 
     `lines()` is called twice (two passes, neither holding more than a row group): the first
-    settles the schema as from_pylist infers it from the whole list — the first row's keys, and
-    each column's type inferred from every value (here group by group, then unified: ints that
-    turn float later are float throughout, a dict column is a struct of the fields of every row
-    in order of first appearance, a column that is None in some groups takes the others' type);
-    the second converts each group to that schema and writes it.
+    settles the schema, the second converts each group to it and writes it. The columns are the
+    keys of every row, in order of first appearance (a row without one has null there); each
+    column's type is inferred from all of its values as `pa.Table.from_pylist` would, group by
+    group, then unified (ints that turn float later are float throughout, a dict column is a
+    struct of the fields of every row in order of first appearance, a column that is None in
+    some groups takes the others' type). Rows that all have the same keys thus give exactly
+    `from_pylist(all rows)`. Values that no type holds together (bool and int, text and a dict)
+    raise ColumnClash naming the column, the two types and the row (1-based, in `lines` order).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names: list[str] | None = None
+    names: dict[str, None] = {}  # every row's keys, in order of first appearance
     types: dict[str, pa.DataType] = {}
+    count = 0
     for group in _row_groups(lines()):
-        if names is None:
-            names = list(group[0])
+        for row in group:
+            names.update(dict.fromkeys(row))
         for name in names:
-            found = pa.infer_type([row.get(name) for row in group])
-            types[name] = found if name not in types else _unify(types[name], found)
-    if names is None:  # no rows: what from_pylist([]) gives, a table without columns
+            try:
+                found = pa.infer_type([row.get(name) for row in group])
+                types[name] = found if name not in types else _unify(types[name], found)
+            except (pa.ArrowException, OverflowError) as exc:
+                raise _clash(group, count, {name: types.get(name, pa.null())}, exc) from None
+        count += len(group)
+    if not count:  # no rows: what from_pylist([]) gives, a table without columns
         pq.write_table(pa.Table.from_pylist([]), path)
         return
     schema = pa.schema([(name, types[name]) for name in names])
+    count = 0
     with pq.ParquetWriter(path, schema) as writer:
         for group in _row_groups(lines()):
-            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+            try:
+                table = pa.Table.from_pylist(group, schema=schema)
+            except (pa.ArrowException, OverflowError) as exc:
+                raise _clash(group, count, types, exc) from None
+            writer.write_table(table)
+            count += len(group)
 
 
 def _row_groups(lines: Iterable[bytes]) -> Iterator[list[dict[str, Any]]]:
@@ -281,6 +330,72 @@ def _unify(a: Any, b: Any) -> Any:
     return merged.field("c").type
 
 
+def _clash(group: list[dict[str, Any]], first: int, types: dict[str, Any], exc: BaseException) -> ColumnClash:
+    """The first value of `group` (rows `first`+1, ...) that does not fit its column: the column's
+    type so far (`types`, growing with the rows before it) and the value's, as one line."""
+    import pyarrow as pa
+
+    types = dict(types)
+    for number, row in enumerate(group, first + 1):
+        for name, known in types.items():
+            value = row.get(name)
+            found = _value_clash(value, known, name)
+            if found is not None:
+                column, had, got = found
+                where = f"row {number}" + (f", id {row['id']!r}" if isinstance(row.get("id"), str) else "")
+                return ColumnClash(f"column {column!r} holds both {had} and {got} values ({where}); "
+                                   "a Parquet column takes one type")
+            with contextlib.suppress(pa.ArrowException, OverflowError):
+                types[name] = _unify(known, pa.infer_type([value]))
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return ColumnClash(f"rows {first + 1}-{first + len(group)} do not fit one Parquet schema: {reason}")
+
+
+def _value_clash(value: Any, known: Any, path: str) -> tuple[str, str, str] | None:
+    """Where `value` does not fit type `known` (column `path`): (the field's path, its type, the
+    value's), or None. Dicts and lists are followed down to the field or item that clashes."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_null(known) and isinstance(value, (dict, list)):
+        known = pa.struct([]) if isinstance(value, dict) else pa.list_(pa.null())
+    if isinstance(value, dict) and pa.types.is_struct(known):
+        for key, item in value.items():
+            index = known.get_field_index(key)
+            found = _value_clash(item, known.field(index).type if index >= 0 else pa.null(), f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list) and (pa.types.is_list(known) or pa.types.is_large_list(known)):
+        item_type = known.value_type
+        for item in value:
+            found = _value_clash(item, item_type, f"{path}[]")
+            if found is not None:
+                return found
+            item_type = _unify(item_type, pa.infer_type([item]))
+        return None
+    try:
+        got = pa.infer_type([value])
+    except (pa.ArrowException, OverflowError):
+        return path, _type_name(known), type(value).__name__
+    try:
+        _unify(known, got)
+    except pa.ArrowException:
+        return path, _type_name(known), _type_name(got)
+    return None
+
+
+def _type_name(kind: Any) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return "object"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return "list"
+    return str(kind)
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call `write(binary file)` on a temp file beside `path`, then rename it over `path`.
 
@@ -298,20 +413,25 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
-class StagedJsonl:
-    """JSONL rows streamed to `<name>.tmp` beside `path`, renamed over `path` by `commit()`.
+class StagedRows:
+    """Rows streamed to a temporary file beside `path`, written over `path` by `commit()`.
 
-    `path` is thus never a half file; `discard()` (any failure) removes the temporary one. The
-    name is fixed, so the caller must hold the output's lock (data/output_lock.py); a file left
-    by kill -9 is simply overwritten by the next run. A file replaced keeps its permissions.
+    A `.jsonl` path stages its rows in `<name>.tmp`, renamed into place. A `.parquet` path
+    stages them as JSON lines in `<name>.rows.tmp`, and `commit()` writes the Parquet file from
+    them (`write_parquet`, streamed) to `<name>.tmp` before the rename. `path` is thus never a
+    half file; `discard()` (any failure) removes the temporary ones. The names are fixed, so the
+    caller must hold the output's lock (data/output_lock.py); files left by kill -9 are simply
+    overwritten by the next run. A file replaced keeps its permissions.
     """
 
     def __init__(self, path: Path):
+        check_output_name(path)
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        self.rows = self.tmp if path.suffix == ".jsonl" else path.with_name(path.name + ".rows.tmp")
         self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.tmp.open("wb")
+        self._fh = self.rows.open("wb")
 
     def write(self, row: dict[str, Any]) -> None:
         self._fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -319,6 +439,18 @@ class StagedJsonl:
 
     def commit(self) -> Path:
         self._fh.close()
+        if self.rows != self.tmp:
+            with self.rows.open("rb") as src:
+
+                def lines() -> Iterator[bytes]:
+                    src.seek(0)
+                    return iter(src.readline, b"")
+
+                try:
+                    write_parquet(self.tmp, lines)
+                except ColumnClash as exc:
+                    raise ColumnClash(f"{self.path}: {exc}") from None
+            self.rows.unlink()
         if self.path.exists():
             os.chmod(self.tmp, self.path.stat().st_mode & 0o7777)
         os.replace(self.tmp, self.path)
@@ -327,6 +459,7 @@ class StagedJsonl:
     def discard(self) -> None:
         self._fh.close()
         self.tmp.unlink(missing_ok=True)
+        self.rows.unlink(missing_ok=True)
 
 
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
