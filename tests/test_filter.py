@@ -83,6 +83,27 @@ def test_pairs_stream_out_in_input_order_whatever_order_they_finish(tmp_path: Pa
     assert not list(tmp_path.glob("*.tmp")) and not lock_path(tmp_path / "many.jsonl").exists()
 
 
+def test_kept_pairs_can_be_parquet_with_the_jsonl_rows_and_order(tmp_path: Path):
+    """`-o kept.parquet` holds the rows `-o kept.jsonl` holds, in the same order (the verdicts'
+    empty `aspects` objects as null: Parquet has no empty struct); removed pairs stay JSONL
+    beside it; no staged file is left."""
+    import pyarrow.parquet as pq
+
+    write_pairs(tmp_path / "pairs.jsonl", 9)
+    run(filter_job(tmp_path / "pairs.jsonl", tmp_path / "kept.jsonl", ScriptedBackend(judge_answer)))
+    summary = run(filter_job(tmp_path / "pairs.jsonl", tmp_path / "kept.parquet", Shuffling(judge_answer), concurrency=3))
+    as_jsonl = read_jsonl(tmp_path / "kept.jsonl")
+    for row in as_jsonl:
+        assert all(order.pop("aspects") == {} for order in row["filter"]["orders"])
+    back = pq.read_table(tmp_path / "kept.parquet").to_pylist()
+    for row in back:
+        assert all(order.pop("aspects") is None for order in row["filter"]["orders"])
+    assert back == as_jsonl and len(back) == 6
+    assert (tmp_path / "kept.parquet.filtered.jsonl").exists() is False
+    assert read_jsonl(tmp_path / "kept.filtered.jsonl")[0]["id"] == "p0" and summary.kept == 6
+    assert not list(tmp_path.glob("*.tmp")) and not lock_path(tmp_path / "kept.parquet").exists()
+
+
 def test_progress_failures_tokens_and_cost_reach_the_user_and_the_summary_file(tmp_path: Path):
     from io import StringIO
 

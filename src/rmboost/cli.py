@@ -120,7 +120,7 @@ class FilterOptions:
     """`rmboost filter`: the judge is the only model, so its connection flags have no prefix."""
 
     pairs: Path = option(argument=True, help="Pairs to check (.jsonl/.parquet with an `inputs` column).")
-    output: Path = option(flags=("--output", "-o"), help="Kept pairs; removed ones go to <name>.filtered.jsonl.")
+    output: Path = option(flags=("--output", "-o"), help="Kept pairs (.jsonl or .parquet); removed ones go to <stem>.filtered.jsonl.")
     task: str = option("qa_feedback", help="Task whose guideline the judge applies.")
     backend: BackendOptions = group(BackendOptions, only=CONNECTION, help={
         "backend": "Judge backend: llamacpp or openai.",

@@ -8,7 +8,9 @@ file and line), then stream the pairs through a window of judgements: at most `w
 at most twice that read and not yet written. Kept and removed pairs are written in input order
 as they finish, to temporary files renamed into place at the end: a crash leaves no half file
 under either name, and a re-run answers what was already judged from the request cache. The
-closing summary, with tokens and cost, goes to `<name>.summary.json`.
+kept pairs are JSONL or Parquet, after the output's name (Parquet is written at the end from
+the staged rows, streamed); the removed ones go to `<stem>.filtered.jsonl`, JSONL like every
+side file. The closing summary, with tokens and cost, goes to `<name>.summary.json`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from rich.console import Console
 from rmboost.data.inputs import InputError, iter_located_rows
 from rmboost.data.messages import inputs_row, response_text
 from rmboost.data.output_lock import hold_output
-from rmboost.data.pairs import StagedJsonl, sidecar
+from rmboost.data.pairs import StagedRows, check_output_name, sidecar
 from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
@@ -112,10 +114,11 @@ async def run_filter(
         judge_backend = judge_backend or command_backend(judge_opts.connection())
     console = console or Console(stderr=True)
     out = Path(output)
+    check_output_name(out)
     with hold_output(out):
         total = check_pairs(pairs_path)
         cache = RequestCache(cache_path) if cache_path else None
-        kept, removed = StagedJsonl(out), StagedJsonl(sidecar(out, "filtered"))
+        kept, removed = StagedRows(out), StagedRows(sidecar(out, "filtered"))
         written: Counter[str] = Counter()  # the pairs written so far, by outcome (the removed file holds two)
         runner = None
         try:
@@ -168,7 +171,7 @@ def written_line(written: Counter[str]) -> str:
 
 
 async def _judge_all(
-    judge: Judge, pairs_path: str | Path, width: int, progress: JobProgress, kept: StagedJsonl, removed: StagedJsonl,
+    judge: Judge, pairs_path: str | Path, width: int, progress: JobProgress, kept: StagedRows, removed: StagedRows,
     written: Counter[str],
 ) -> None:
     """Judge the pairs as they stream in, `width` at a time, and write each in input order.

@@ -5,7 +5,8 @@ While a job runs, every finished pair is appended to a JSONL working file and fl
 in the job's index (rows are not kept), and skips the ids it holds. At the end the dataset is
 written in input order by copying those lines in order, atomically (temp file + rename); a
 file already in order is left as it is. Parquet output is streamed too: written at the end from
-the working file in row groups (`write_parquet`), the same table as building it in one piece.
+the working file in row groups (`write_parquet`), its columns the keys of every row; a re-run
+whose output is a finished Parquet file turns it back into the working file a batch at a time.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from rmboost.data.inputs import iter_rows
 from rmboost.data.job_index import SCAN_CHUNK, JobIndex
 from rmboost.data.output_lock import output_stem
+from rmboost.data.parquet import ColumnClash, write_parquet
 
 # TRL's preference columns first, then provenance.
 PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
-ROW_GROUP_BYTES = 8 << 20  # JSON bytes per row group of a Parquet output (the pairs held at once)
 
 
 def working_path(output: Path) -> Path:
@@ -105,10 +106,11 @@ class PairWriter:
         self.path = working_path(self.output)
         self.index = index if index is not None else JobIndex()
         self._owns_index = index is None
-        if not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists():
-            atomic_write_jsonl(self.path, iter_rows(self.output))  # resume from a finished Parquet file
         self._size = 0
         self._fh: BinaryIO | None = None
+        # A finished Parquet output with no working file is turned back into one first, by the
+        # scan (a record batch at a time).
+        self._from_parquet = not self.path.exists() and self.output.suffix == ".parquet" and self.output.exists()
         if scan:
             for _ in self._scan():
                 pass
@@ -132,6 +134,9 @@ class PairWriter:
                     raise ValueError(f"{self.path}: the pair at byte {offset} has no 'id'")
                 yield row["id"], offset, length, _label(row)
 
+        if self._from_parquet:
+            yield from self._unpack_parquet()
+            self._from_parquet = False
         good = 0
         if not self.path.exists():
             return
@@ -147,6 +152,23 @@ class PairWriter:
                 fh.truncate(good)
         self._size = good
 
+    def _unpack_parquet(self) -> Iterator[None]:
+        """Write the finished Parquet output back as the working file, SCAN_CHUNK rows (one
+        record batch) at a time, yielding after each; renamed into place once whole."""
+        import pyarrow.parquet as pq
+
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a fixed name: the output's lock is held
+        try:
+            with tmp.open("wb") as fh:
+                for batch in pq.ParquetFile(self.output).iter_batches(batch_size=SCAN_CHUNK):
+                    for row in batch.to_pylist():
+                        fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                    yield
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
     def __contains__(self, row_id: str) -> bool:
         return self.index.has_line(row_id)
 
@@ -157,6 +179,7 @@ class PairWriter:
         if row["id"] in self:
             raise ValueError(f"pair id {row['id']!r} written twice")
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        assert not self._from_parquet, "scan() before writing"
         if self._fh is None:  # O_APPEND: writes go to the end, wherever the scan cut it
             self._fh = self.path.open("ab")
         self._fh.write(line)
@@ -179,8 +202,14 @@ class PairWriter:
                     atomic_write_bytes(self.output, lambda dst: _copy_spans(src, dst, self.index.ordered_spans()))
         else:
             tmp = self.output.with_name(self.output.name + ".tmp")
-            with self.path.open("rb") as src:
-                write_parquet(tmp, lambda: (_read_span(src, off, n) for off, n in self.index.ordered_spans()))
+            try:
+                with self.path.open("rb") as src:
+                    write_parquet(tmp, lambda: (_read_span(src, off, n) for off, n in self.index.ordered_spans()))
+            except BaseException as exc:
+                tmp.unlink(missing_ok=True)
+                if isinstance(exc, ColumnClash):
+                    raise ColumnClash(f"{self.output}: {exc}") from None
+                raise
             os.replace(tmp, self.output)
             self.path.unlink(missing_ok=True)
         return self.output
@@ -239,61 +268,6 @@ def _copy_range(src: BinaryIO, dst: BinaryIO, start: int, end: int, chunk: int =
         start += len(data)
 
 
-def write_parquet(path: Path, lines: Callable[[], Iterable[bytes]]) -> None:
-    """Write JSON lines as a Parquet file, streamed: the table `pa.Table.from_pylist(all rows)`
-    would give, written in row groups of about ROW_GROUP_BYTES of JSON.
-
-    `lines()` is called twice (two passes, neither holding more than a row group): the first
-    settles the schema as from_pylist infers it from the whole list — the first row's keys, and
-    each column's type inferred from every value (here group by group, then unified: ints that
-    turn float later are float throughout, a dict column is a struct of the fields of every row
-    in order of first appearance, a column that is None in some groups takes the others' type);
-    the second converts each group to that schema and writes it.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names: list[str] | None = None
-    types: dict[str, pa.DataType] = {}
-    for group in _row_groups(lines()):
-        if names is None:
-            names = list(group[0])
-        for name in names:
-            found = pa.infer_type([row.get(name) for row in group])
-            types[name] = found if name not in types else _unify(types[name], found)
-    if names is None:  # no rows: what from_pylist([]) gives, a table without columns
-        pq.write_table(pa.Table.from_pylist([]), path)
-        return
-    schema = pa.schema([(name, types[name]) for name in names])
-    with pq.ParquetWriter(path, schema) as writer:
-        for group in _row_groups(lines()):
-            writer.write_table(pa.Table.from_pylist(group, schema=schema))
-
-
-def _row_groups(lines: Iterable[bytes]) -> Iterator[list[dict[str, Any]]]:
-    group: list[dict[str, Any]] = []
-    size = 0
-    for line in lines:
-        group.append(json.loads(line))
-        size += len(line)
-        if size >= ROW_GROUP_BYTES:
-            yield group
-            group.clear()  # the caller is done with it: never two groups held at once
-            size = 0
-    if group:
-        yield group
-
-
-def _unify(a: Any, b: Any) -> Any:
-    """The type one inference over the values of both types would give (pyarrow's permissive promotion)."""
-    import pyarrow as pa
-
-    if a == b:
-        return a
-    merged = pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive")
-    return merged.field("c").type
-
-
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call `write(binary file)` on a temp file beside `path`, then rename it over `path`.
 
@@ -311,20 +285,25 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
-class StagedJsonl:
-    """JSONL rows streamed to `<name>.tmp` beside `path`, renamed over `path` by `commit()`.
+class StagedRows:
+    """Rows streamed to a temporary file beside `path`, written over `path` by `commit()`.
 
-    `path` is thus never a half file; `discard()` (any failure) removes the temporary one. The
-    name is fixed, so the caller must hold the output's lock (data/output_lock.py); a file left
-    by kill -9 is simply overwritten by the next run. A file replaced keeps its permissions.
+    A `.jsonl` path stages its rows in `<name>.tmp`, renamed into place. A `.parquet` path
+    stages them as JSON lines in `<name>.rows.tmp`, and `commit()` writes the Parquet file from
+    them (`write_parquet`, streamed) to `<name>.tmp` before the rename. `path` is thus never a
+    half file; `discard()` (any failure) removes the temporary ones. The names are fixed, so the
+    caller must hold the output's lock (data/output_lock.py); files left by kill -9 are simply
+    overwritten by the next run. A file replaced keeps its permissions.
     """
 
     def __init__(self, path: Path):
+        check_output_name(path)
         self.path = path
         self.tmp = path.with_name(path.name + ".tmp")
+        self.rows = self.tmp if path.suffix == ".jsonl" else path.with_name(path.name + ".rows.tmp")
         self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = self.tmp.open("wb")
+        self._fh = self.rows.open("wb")
 
     def write(self, row: dict[str, Any]) -> None:
         self._fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -332,6 +311,18 @@ class StagedJsonl:
 
     def commit(self) -> Path:
         self._fh.close()
+        if self.rows != self.tmp:
+            with self.rows.open("rb") as src:
+
+                def lines() -> Iterator[bytes]:
+                    src.seek(0)
+                    return iter(src.readline, b"")
+
+                try:
+                    write_parquet(self.tmp, lines)
+                except ColumnClash as exc:
+                    raise ColumnClash(f"{self.path}: {exc}") from None
+            self.rows.unlink()
         if self.path.exists():
             os.chmod(self.tmp, self.path.stat().st_mode & 0o7777)
         os.replace(self.tmp, self.path)
@@ -340,6 +331,7 @@ class StagedJsonl:
     def discard(self) -> None:
         self._fh.close()
         self.tmp.unlink(missing_ok=True)
+        self.rows.unlink(missing_ok=True)
 
 
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
