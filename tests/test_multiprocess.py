@@ -81,13 +81,17 @@ def _rm_args(data: dict[str, Path]) -> list[str]:
             "--no-progress", "--seed", "0"]
 
 
-@pytest.fixture(scope="module")
-def rm_one(data, tmp_path_factory) -> Path:
-    """The one-process reward model both multi-process runs are compared with."""
-    out = tmp_path_factory.mktemp("rm") / "one"
-    one = run_one([*_rm_args(data), "--output", str(out)])
+def _trained_once(args: list[str], folder: Path) -> Path:
+    """The one-process model both multi-process runs are compared with, trained into `folder`/one."""
+    out = folder / "one"
+    one = run_one([*args, "--output", str(out)])
     assert one.returncode == 0, one.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def rm_one(data, tmp_path_factory) -> Path:
+    return _trained_once(_rm_args(data), tmp_path_factory.mktemp("rm"))
 
 
 @pytest.mark.train
@@ -148,11 +152,7 @@ def _dpo_args(data: dict[str, Path]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def dpo_one(data, tmp_path_factory) -> Path:
-    """The one-process DPO policy both multi-process runs are compared with."""
-    out = tmp_path_factory.mktemp("dpo") / "one"
-    one = run_one([*_dpo_args(data), "--output", str(out)])
-    assert one.returncode == 0, one.stderr[-3000:]
-    return out
+    return _trained_once(_dpo_args(data), tmp_path_factory.mktemp("dpo"))
 
 
 @pytest.mark.train
