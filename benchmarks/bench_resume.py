@@ -7,6 +7,13 @@ pair per prompt (the pair schema rmboost writes, balanced labels), in one of two
   finished   the final file, in input order (the common case: run the command again);
   unordered  the working file of a run killed just before its end: every pair is there, but in
              the order concurrent workers finished them (shuffled within windows of 256).
+  replayed   a job run to the end with the instant backend below and its request cache, whose
+             summary is then deleted (a run killed after its last pair): the re-run has nothing
+             to do but recount the whole job by replaying it from the cache (no request is sent).
+
+Neither `finished` nor `unordered` leaves a summary, and their cache is empty: a re-run that
+recounts the job replays it through cache misses (every prompt fails at once, cheaply);
+`replayed` measures the replay that finds every answer, as a killed job's re-run does.
 
 Then it runs `python -m rmboost.cli generate ...` on it in a child process, with PYTHONPATH
 set to `--src` (this tree's src by default; point it at an older checkout for "before"
@@ -122,16 +129,17 @@ class Instant:
                   if "<existing_answer>" in text else f"<response>first answer {tag}</response>")
         return Completion(text=answer, tokens_in=len(text) // 4, tokens_out=8, model=self.model)
 
-folder = Path(sys.argv[1])
+folder, cached = Path(sys.argv[1]), len(sys.argv) > 2
 cfg = GenerateConfig(task="qa_feedback", input=str(folder / "in.jsonl"), output=folder / "pairs.jsonl",
-                     use_cache=False, show_progress=False, concurrency=64)
+                     use_cache=cached, cache=folder / "cache.sqlite", show_progress=False, concurrency=64)
 asyncio.run(run_generate(cfg, backend=Instant()))
 """
 
 
-def run_child(folder: Path, src: Path, fresh: bool) -> Run:
+def run_child(folder: Path, src: Path, fresh: bool, cached: bool = False) -> Run:
     """Run the job in a child process with PYTHONPATH=src; its wall time, CPU time and peak RSS."""
-    args = ["-c", FRESH_CHILD, str(folder)] if fresh else [a.format(folder=folder) for a in RESUME_CMD]
+    args = (["-c", FRESH_CHILD, str(folder), *(["cached"] if cached else [])] if fresh
+            else [a.format(folder=folder) for a in RESUME_CMD])
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     errors = (folder / "stderr.txt").open("w+")
     start = time.perf_counter()
@@ -157,6 +165,12 @@ def check(folder: Path, run: Run, n: int, expected: str | None) -> str:
         return f"FAILED (exit {run.code}): {run.stderr.strip().splitlines()[-1:]}"
     summary = json.loads((folder / "pairs.summary.json").read_text())
     sha = sha256_file(folder / "pairs.jsonl")
+    if expected == "replayed":
+        job = summary.get("job") or {}
+        ok = summary["llm_calls"] == 0 and summary["resumed"] == n and (
+            not job or (job.get("counted") == "replayed from the cache" and job.get("exact") is True))
+        counted = f"job counted {job['counted']!r}" if job else "no whole-job count in this src"
+        return f"{'ok' if ok else 'WRONG'}: {summary['resumed']:,} resumed, {counted}"
     if expected is None:
         ok = summary["pairs_total"] == n and not summary["failures"]
         return f"{'ok' if ok else 'WRONG'}: {summary['pairs_total']:,} pairs, sha256 {sha[:12]}"
@@ -169,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000], help="resume: prompts")
     parser.add_argument("--scenarios", nargs="+", default=["finished", "unordered"],
-                        choices=["finished", "unordered"])
+                        choices=["finished", "unordered", "replayed"])
     parser.add_argument("--fresh-sizes", type=int, nargs="*", default=[10_000, 100_000],
                         help="fresh jobs with an instant in-process backend: prompts (none to skip)")
     parser.add_argument("--src", type=Path, default=ROOT / "src", help="the rmboost source to measure")
@@ -189,13 +203,18 @@ def main() -> None:
             job = work / f"{n}-{scenario}"
             job.mkdir()
             expected = synthesize(job, n, scenario)
-            if scenario == "fresh":
+            if scenario in ("fresh", "replayed"):
                 expected = None
                 (job / "pairs.jsonl").unlink()
+            if scenario == "replayed":  # the job, run to the end into its cache, its summary lost
+                setup = run_child(job, sources[0], fresh=True, cached=True)
+                assert setup.code == 0, setup.stderr[-2000:]
+                (job / "pairs.summary.json").unlink()
+                expected = "replayed"
             for i, src in enumerate(sources):
                 last = i == len(sources) - 1
                 folder = job if last else shutil.copytree(job, work / "run")  # the last run may consume the job
-                run = run_child(folder, src, fresh=scenario == "fresh")
+                run = run_child(folder, src, fresh=scenario in ("fresh", "replayed"), cached=scenario == "replayed")
                 result = check(folder, run, n, expected)
                 size_mb = (folder / "pairs.jsonl").stat().st_size / 1e6 if run.code == 0 else 0
                 print(f"| {n:,} | {scenario} | {size_mb:,.0f} | {src} | {run.wall_s:.1f} | {run.cpu_s:.1f} | "

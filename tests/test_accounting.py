@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ScriptedBackend, read_jsonl, run
+from rich.console import Console
 from test_methods import generator_answer, prompts_file, quality_judge
 
 from rmboost.analysis.costs import generation_costs
@@ -97,7 +98,9 @@ def test_a_finished_job_resumed_keeps_the_whole_jobs_tokens_and_cost(tmp_path: P
     # Its summary lost (a run killed before writing it): the job is recounted from the cache, no call.
     job.output.with_name("pairs.summary.json").unlink()
     inner, inner_judge = ScriptedBackend(never), ScriptedBackend(never)
-    again = run(run_generate(job, backend=inner, judge_backend=inner_judge))
+    shown = Console(record=True, width=300)
+    again = run(run_generate(job, shown, backend=inner, judge_backend=inner_judge))
+    assert "counting the whole job's tokens: replaying its 4 prompts from the request cache" in shown.export_text()
     assert inner.calls == [] and inner_judge.calls == [] and again.job is not None
     assert again.job["counted"] == "replayed from the cache" and again.job["exact"] is True
     assert {k: again.job[k] for k in ("tokens_in", "tokens_out", "usage", "judge_usage")} == {

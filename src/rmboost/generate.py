@@ -405,6 +405,8 @@ async def whole_job(
         usage, judge_usage = previous.get("usage") or {}, previous.get("judge_usage") or {}
         counted, exact = "previous summary", bool(previous.get("exact"))
     elif cfg.use_cache:
+        console.print(f"counting the whole job's tokens: replaying its {s.prompts:,} prompts from the request "
+                      "cache (no request is sent; about 0.5 ms of CPU per prompt)", highlight=False)
         replay = await _replay(cfg, backend, judge_backend, console)
         usage, judge_usage, counted = job_steps(replay.usage), job_steps(replay.judge_usage), "replayed from the cache"
         exact = replay.pairs_total == s.pairs_total and replay.filtered == filtered_rows
@@ -445,7 +447,7 @@ async def _replay(
     with tempfile.TemporaryDirectory(prefix="rmboost-replay-") as scratch:
         # Online and cache-only: no request leaves, so neither does a batch.
         replay = replace(cfg, output=Path(scratch) / "pairs.jsonl", batch=replace(cfg.batch, enabled=False),
-                         show_progress=False, price_in=None, price_out=None)
+                         price_in=None, price_out=None)
         return await run_generate(replay, console, backend=CacheOnly(real),
                                   judge_backend=CacheOnly(real_judge) if real_judge else None)
 
