@@ -71,6 +71,8 @@ def write_config(path: Path, **sections: Any) -> Path:
         ({"ablations": ["no-aspects"]}, "ablations: unknown 'no-aspects'"),
         ({"seeds": []}, "seeds: give at least one seed"),
         ({"data": {"prompts": "p.jsonl"}}, "data: give qa_feedback: FOLDER, or prompts: FILE and test: FILE"),
+        ({"data": {"qa_feedback": "q", "test": "t.jsonl"}},  # was: test.jsonl silently ignored
+         "data: qa_feedback gives the prompts, real and test pairs; drop data.test"),
         ({"mixture": {"real": 1}}, "mixture: give weights for exactly real and syn"),
         ({"method_options": {"rlcd": {"temprature": 1}}, "methods": ["rmboost", "rlcd"]},
          "method_options.rlcd: unknown generate setting 'temprature'"),

@@ -238,6 +238,8 @@ def test_real_commands_reject_bad_values_by_flag(tmp_path):
         (["generate", "-o", "o.jsonl", "--concurrency", "0"], "--concurrency must be >= 1"),
         (["filter", "p.jsonl", "-o", "o.jsonl", "--concurrency", "-1"], "--concurrency must be >= 1"),
         (["relabel", "p.jsonl", "-o", "o.jsonl", "--concurrency", "0"], "--concurrency must be >= 1"),
+        # round(x, -1) rounds to tens: a 1-10 score would become 0 or 10.
+        (["relabel", "p.jsonl", "-o", "o.jsonl", "--score-digits", "-1"], "--score-digits must be >= 0"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)

@@ -129,7 +129,7 @@ class RelabelConfig:
     scores_from: str = option("columns", check=score_source_check, help="columns (--chosen-score/--rejected-score), judge (the LLM judge rates each response 1-10) or rm:PATH (a train-rm model, rewards mapped onto the scale).")
     chosen_score: str = option("chosen_score", help="Column with the chosen response's score (dotted paths reach into dicts).")
     rejected_score: str = option("rejected_score", help="Column with the rejected response's score.")
-    digits: int | None = option(None, flags=("--score-digits",), help="Round scores to this many decimals (default: columns as given, judge/rm to whole numbers).")
+    digits: int | None = option(None, flags=("--score-digits",), check=at_least(0), help="Round scores to this many decimals (default: columns as given, judge/rm to whole numbers).")
     rm_mapping: str = option("quantile", choices=("quantile", "linear"), noun="mapping", help="rm: quantile (rank among all responses, spread over the scale) or linear (min-max).")
     fine_grained: tuple[str, str] | None = option(None, cli_type=FineGrainedColumns, parse=FineGrainedColumns.pair)
     drop_ties: bool = option(False, help="Remove pairs whose two scores are equal (kept by default: both rows then say 'equally good at this score').")

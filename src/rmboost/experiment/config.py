@@ -194,6 +194,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
     d = cfg.data
+    if d.qa_feedback is not None and (given := [k for k in ("prompts", "real_train", "test") if getattr(d, k)]):
+        raise ConfigError(f"data: qa_feedback gives the prompts, real and test pairs; drop data.{given[0]} "
+                          "(or drop qa_feedback to use your own files)")
     if d.qa_feedback is None and (d.prompts is None or d.test is None):
         raise ConfigError("data: give qa_feedback: FOLDER, or prompts: FILE and test: FILE (and real_train: FILE)")
     if d.qa_feedback is None and d.real_train is None and any(s != "syn" for s in cfg.settings):
