@@ -4,16 +4,19 @@ For each size N the script writes a synthetic job into a work folder: N QA-Feedb
 prompts (JSONL, ~1 KB each) and the output of that job as a previous run left it, one ~3 KB
 pair per prompt (the pair schema rmboost writes, balanced labels), in one of two states:
 
-  finished   the final file, in input order (the common case: run the command again);
+  finished   the final file, in input order, and the summary the run that finished it wrote
+             (the common case: run the command again); the re-run takes the whole job's
+             token count from that summary;
   unordered  the working file of a run killed just before its end: every pair is there, but in
-             the order concurrent workers finished them (shuffled within windows of 256).
+             the order concurrent workers finished them (shuffled within windows of 256), and
+             no summary;
   replayed   a job run to the end with the instant backend below and its request cache, whose
              summary is then deleted (a run killed after its last pair): the re-run has nothing
              to do but recount the whole job by replaying it from the cache (no request is sent).
 
-Neither `finished` nor `unordered` leaves a summary, and their cache is empty: a re-run that
-recounts the job replays it through cache misses (every prompt fails at once, cheaply);
-`replayed` measures the replay that finds every answer, as a killed job's re-run does.
+`unordered` has an empty cache: its re-run recounts the job by replaying it through cache
+misses (every prompt fails at once, cheaply); `replayed` measures the replay that finds every
+answer, as a killed job's re-run does.
 
 Then it runs `python -m rmboost.cli generate ...` on it in a child process, with PYTHONPATH
 set to `--src` (this tree's src by default; point it at an older checkout for "before"
@@ -93,6 +96,11 @@ def synthesize(folder: Path, n: int, scenario: str) -> str:
                     rng.shuffle(window)
                 fout.write(b"".join(window))
                 window = []
+    if scenario == "finished":  # the run that finished the job wrote its summary, whole-job count included
+        steps = {step: {"tokens_in": 1200 * n, "tokens_out": 90 * n, "calls": n} for step in ("y1", "y2")}
+        job = {"counted": "this run", "exact": True, "prompts": n, "pairs": n, "filtered_rows": 0,
+               "tokens_in": 2400 * n, "tokens_out": 180 * n, "usage": steps, "judge_usage": {}}
+        (folder / "pairs.summary.json").write_text(json.dumps({"prompts": n, "pairs_total": n, "job": job}))
     return final.hexdigest()
 
 
@@ -176,7 +184,8 @@ def check(folder: Path, run: Run, n: int, expected: str | None) -> str:
         return f"{'ok' if ok else 'WRONG'}: {summary['pairs_total']:,} pairs, sha256 {sha[:12]}"
     if summary["llm_calls"] or summary["resumed"] != n or summary["pairs_total"] != n:
         return f"WRONG summary: calls {summary['llm_calls']}, resumed {summary['resumed']}"
-    return "ok, same bytes" if sha == expected else "WRONG bytes"
+    counted = (summary.get("job") or {}).get("counted")
+    return ("ok, same bytes" if sha == expected else "WRONG bytes") + (f", job counted {counted!r}" if counted else "")
 
 
 def main() -> None:
