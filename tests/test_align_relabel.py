@@ -11,7 +11,7 @@ from conftest import read_jsonl
 from typer.testing import CliRunner
 
 from rmboost.align.goals import DEFAULT_GOAL_TEMPLATE, GoalSpec, format_score, parse_scale
-from rmboost.align.relabel import RelabelConfig, relabel_pairs, run_relabel
+from rmboost.align.relabel import RelabelConfig, looks_like_test, relabel_pairs, run_relabel
 from rmboost.align.scores import map_rewards
 from rmboost.cli import app
 from rmboost.data.messages import read_source_pairs, split_pair
@@ -123,6 +123,15 @@ def test_implicit_prompt_conversations_are_split(tmp_path: Path) -> None:
     assert s["ties"] == 1  # kept by default; --drop-ties removes it
     s = run_relabel(RelabelConfig(input=tmp_path / "c.jsonl", output=out, drop_ties=True))
     assert s["rows_out"] == 0 and s["removed"] == {"tie": 1}
+
+
+@pytest.mark.parametrize(("name", "is_test"), [
+    ("test.jsonl", True), ("qaf_test.parquet", True), ("v1.test-set.jsonl", True), ("data.test.jsonl", True),
+    ("held-out.json", True), ("pairs.jsonl.gz", False), ("latest.jsonl", False), ("contest_train.jsonl", False),
+    ("train.jsonl", False),
+])
+def test_test_file_names(name: str, is_test: bool) -> None:
+    assert looks_like_test(Path(name)) is is_test
 
 
 def test_test_split_is_never_augmented(tmp_path: Path) -> None:

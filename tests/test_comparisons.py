@@ -118,7 +118,12 @@ def test_experiment_run_writes_comparisons_and_power(tmp_path, scripted):
     train, test = qa_feedback.split_by_question(qa_feedback.load_human_pairs(QA_FEEDBACK), 0.2, 0)
     groups = {p["group"] for p in train}
     prompts = [r for r in qa_feedback.load_prompts(QA_FEEDBACK) if r["id"] in groups][:4]
-    for name, rows in (("prompts", prompts), ("real", train[:8]), ("test", test[:24])):
+    per_question: dict[str, list] = {}
+    for p in test:  # 24 pairs from 12 questions: enough questions for the sign-flip test to reach p < 0.05
+        per_question.setdefault(p["group"], []).append(p)
+    spread = [p for rows in list(per_question.values())[:12] for p in rows[:2]]
+    assert len(spread) == 24
+    for name, rows in (("prompts", prompts), ("real", train[:8]), ("test", spread)):
         atomic_write_jsonl(tmp_path / f"{name}.jsonl", rows)
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({

@@ -323,3 +323,44 @@ def test_power_takes_pairs_and_questions_from_a_test_file(tmp_path):
     res = CliRunner().invoke(app, ["power", "--accuracy", "60", "--test", str(test)], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     assert "2.00 pairs per question" in res.output and "with 6 pairs (3 questions)" in res.output
+
+
+def test_observed_power_is_not_available_where_nothing_could_be_detected():
+    """Found in review: 5 questions gave an MDD although the sign-flip p can never go below 2/32;
+    a model right on every pair gave an MDD of 0 points; one pair gave nan."""
+    rng = np.random.default_rng(1)
+    few = np.repeat(np.arange(5), 100)
+    a, b = (rng.random(500) < 0.9).astype(float), (rng.random(500) < 0.5).astype(float)
+    assert paired_difference(a, b, few, 5)["p_value"] == pytest.approx(2 / 32)  # the floor: never detected
+    p = observed_power([a - b], [a, b], few, 5, [], 1)
+    assert not p["available"] and "5 questions" in p["reason"] and "0.0625" in p["reason"]
+    a6, b6 = (rng.random(600) < 0.9).astype(float), (rng.random(600) < 0.5).astype(float)
+    assert observed_power([a6 - b6], [], np.repeat(np.arange(6), 100), 6, [], 1)["available"]  # floor 1/32
+    many = np.arange(200)
+    perfect = observed_power([], [np.ones(200)], many, 200, [], 1)
+    assert not perfect["available"] and "no spread" in perfect["reason"]
+    assert "not available" in describe_power(perfect)
+    one = observed_power([], [np.ones(1)], np.arange(1), 1, [], 1)
+    assert not one["available"] and "1 test pair" in one["reason"]
+    ungrouped = observed_power([], [(rng.random(200) < 0.6).astype(float)], many, 200, [], 1)
+    assert ungrouped["unit"] == "pair" and "200 pairs, no question groups" in describe_power(ungrouped)
+
+
+def test_power_counts_questions_at_their_mean_size(tmp_path):
+    """Found in review: with unequal question sizes the size-weighted m (right for the design
+    effect) was also used to count questions, under-counting them."""
+    rows = [{"prompt": f"q{i}", "chosen": "a", "rejected": "b", "group": f"g{i}"} for i in range(50)]
+    rows += [{"prompt": "big", "chosen": "a", "rejected": f"b{i}", "group": "big"} for i in range(50)]
+    test = tmp_path / "uneven.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    res = CliRunner().invoke(app, ["power", "--accuracy", "0.7", "--test", str(test), "--icc", "0.1", "-d", "2"],
+                             env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    kish = (50 + 50**2) / 100  # sum(m^2) / sum(m) = 25.5
+    design = Design(pairs=100, pairs_per_question=kish, icc=0.1, question_size=100 / 51)
+    n = pairs_needed(0.02, independent_discordance(0.7), design)
+    assert "1.96 pairs per question (size-weighted 25.50)" in res.output
+    assert f"{n:,}" in res.output and f"{math.ceil(n / (100 / 51)):,}" in res.output
+    assert f"{math.ceil(n / kish):,}" not in res.output
+    bad = CliRunner().invoke(app, ["power", "--icc", "1.5"])
+    assert bad.exit_code == 2 and "--icc must be in [-1, 1]" in bad.output

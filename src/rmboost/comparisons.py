@@ -65,7 +65,8 @@ def compare_cells(
         best[setting] = best_variant(comparisons, setting, names)
     power = observed_power(
         diffs, [seed_mean(v["outcomes"]) for v in found.values()], unit, n_units,
-        [v["accuracies"] for v in found.values()], seeds=len(seeds),
+        [v["accuracies"] for v in found.values()],
+        seeds=min((len(v["accuracies"]) for v in found.values()), default=len(seeds)),  # finished, not planned
     )
     return {"comparisons": comparisons, "best": best, "power": power}
 

@@ -50,6 +50,10 @@ def open_share(v: float) -> str | None:
     return None if 0 < v < 1 else f"must be in (0, 1), got {v:g}"
 
 
+def correlation(v: float) -> str | None:
+    return None if -1 <= v <= 1 else f"must be in [-1, 1], got {v:g}"
+
+
 @dataclass
 class Design:
     """A test set and a seed budget. Accuracies and SDs are fractions (0.01 = 1 point).
@@ -58,16 +62,21 @@ class Design:
     """
 
     pairs: float
-    pairs_per_question: float = 1.0  # m; size-weighted when sizes differ (stats.cluster_size)
-    icc: float = option(0.0, help="Intra-question correlation of the per-pair difference (eval-rm and experiment runs report it).")
+    pairs_per_question: float = 1.0  # m of the design effect; size-weighted when sizes differ (stats.cluster_size)
+    icc: float = option(0.0, check=correlation, help="Intra-question correlation of the per-pair difference (eval-rm and experiment runs report it).")
     seeds: int = option(1, check=at_least(1), help="Training seeds per model, averaged.")
     seed_sd: float = 0.0
     alpha: float = option(0.05, check=open_share, help="Two-sided significance level.")
     power: float = option(0.8, check=open_share, help="Power wanted.")
+    question_size: float | None = None  # mean pairs per question, to count questions; default: pairs_per_question
 
     def __post_init__(self) -> None:
         if self.pairs <= 0 or self.pairs_per_question < 1 or self.seeds < 1 or self.seed_sd < 0:
             raise ValueError("need pairs > 0, pairs per question >= 1, seeds >= 1 and seed SD >= 0")
+        if self.question_size is not None and self.question_size < 1:
+            raise ValueError(f"need mean pairs per question >= 1, got {self.question_size:g}")
+        if correlation(self.icc):
+            raise ValueError(f"ICC {correlation(self.icc)}")
 
     @property
     def design_effect(self) -> float:
@@ -76,8 +85,13 @@ class Design:
         return design_effect(self.pairs_per_question, self.icc)
 
     @property
+    def mean_question_size(self) -> float:
+        """Pairs per question on average: what turns a number of pairs into a number of questions."""
+        return self.pairs_per_question if self.question_size is None else self.question_size
+
+    @property
     def questions(self) -> float:
-        return self.pairs / self.pairs_per_question
+        return self.pairs / self.mean_question_size
 
     @property
     def seed_variance(self) -> float:
@@ -145,7 +159,7 @@ def plan(
         rows.append({
             "difference": delta,
             "pairs": n,
-            "questions": None if n is None else math.ceil(n / design.pairs_per_question),
+            "questions": None if n is None else math.ceil(n / design.mean_question_size),
             "seeds_at_pairs": seeds_needed(delta, q, design),
         })
     return {
@@ -187,13 +201,22 @@ def observed_power(
     `diffs`: the seed-averaged per-pair differences of the run's paired comparisons; the typical
     (median) per-pair variance and ICC of those is used. Without comparisons (or when that
     variance is 0: models that never disagree), two independent copies of the seed-averaged
-    `outcomes` stand in (v = 2 Var(outcome)), a cautious bound.
+    `outcomes` stand in (v = 2 Var(outcome)), a cautious bound. Not available when no difference
+    could be detected at all: under two pairs, no spread to measure, or too few questions (pairs,
+    when every pair is its own unit) for the sign-flip test to reach p < alpha.
     """
     import numpy as np
 
     from rmboost.stats import cluster_size, icc
 
     n = len(unit)
+    unit_name = "question" if n_units < n else "pair"  # rmboost.rm.evaluate.resampling_units
+    if n < 2:
+        return {"available": False, "reason": f"{n} test pair{'' if n == 1 else 's'}: no spread to measure"}
+    if 2.0 ** (1 - n_units) >= alpha:  # the sign-flip p-value is never below 2 / 2^units
+        return {"available": False, "reason": (
+            f"{n_units} {unit_name}{'' if n_units == 1 else 's'}: the sign-flip test's smallest p-value is "
+            f"{2.0 ** (1 - n_units):.3g}, so no difference can reach p < {alpha:g}")}
     variance = float(median(float(np.var(d, ddof=1)) for d in diffs)) if diffs else 0.0
     if variance > 0:
         rho = float(median(icc(d, unit, n_units) for d in diffs))
@@ -205,12 +228,14 @@ def observed_power(
                  else "no comparison: two independent models like the ones scored stand in")
     else:
         return {"available": False, "reason": "no finished reward model"}
+    if variance == 0:
+        return {"available": False, "reason": "every model scored every pair alike (accuracy 0% or 100%): no spread to measure"}
     sd = pooled_seed_sd(per_seed)
     m = cluster_size(unit, n_units)
     design = Design(pairs=n, pairs_per_question=m, icc=rho, seeds=seeds, seed_sd=sd or 0.0, alpha=alpha, power=power)
     test_only = Design(pairs=n, pairs_per_question=m, icc=rho, alpha=alpha, power=power)
     return {
-        "available": True, "alpha": alpha, "power": power, "pairs": n, "questions": n_units,
+        "available": True, "alpha": alpha, "power": power, "pairs": n, "questions": n_units, "unit": unit_name,
         "pairs_per_question": m, "icc": rho, "design_effect": design.design_effect, "pair_variance": variance,
         "seeds": seeds, "seed_sd": sd, "basis": basis,
         "mdd_test_set": detectable_difference(test_only, pair_variance=variance),
@@ -226,6 +251,6 @@ def describe_power(p: dict[str, Any], subject: str = "this run") -> str:
              f"{100 * p['mdd']:.1f} points" if p.get("seed_sd") is not None
              else "; seed spread unknown (one seed per model)")
     stand_in = "" if p["basis"].startswith("median") else f" [{p['basis']}]"
+    questions = "no question groups" if p.get("unit") == "pair" else f"{p['questions']} questions"
     return (f"smallest difference {subject} could detect ({p['power']:.0%} power, {p['alpha']:.0%} two-sided): "
-            f"{100 * p['mdd_test_set']:.1f} points from the test set alone ({p['pairs']} pairs, {p['questions']} "
-            f"questions, ICC {p['icc']:.2f}, design effect {p['design_effect']:.2f}){seeds}{stand_in}")
+            f"{100 * p['mdd_test_set']:.1f} points from the test set alone ({p['pairs']} pairs, {questions}, ICC {p['icc']:.2f}, design effect {p['design_effect']:.2f}){seeds}{stand_in}")

@@ -72,8 +72,10 @@ def power(opts: PowerOptions) -> None:
             pairs, questions, m = len(rows), n_units, cluster_size(unit, n_units)
         elif m is None:
             m = pairs / questions if pairs and questions else 1.0
+        # Unequal question sizes: the design effect takes the size-weighted m, counting questions the mean.
+        mean = pairs / questions if pairs and questions else m
         design = Design(pairs=pairs or 1, pairs_per_question=m, icc=opts.icc, seeds=opts.seeds,
-                        seed_sd=opts.seed_sd / 100, alpha=opts.alpha, power=opts.power)
+                        seed_sd=opts.seed_sd / 100, alpha=opts.alpha, power=opts.power, question_size=mean)
         result = plan([d / 100 for d in (opts.difference or [1.0, 2.0, 3.0])], p, design, opts.discordance)
     except USER_ERRORS as exc:
         raise fail(str(exc)) from None
@@ -81,7 +83,8 @@ def power(opts: PowerOptions) -> None:
     out.print(
         f"assumptions: accuracy {100 * p:.1f}%; the two models disagree on {100 * q:.1f}% of pairs"
         f"{' (independent errors; --discordance)' if result['discordance_assumed_independent'] else ''}; "
-        f"{m:.2f} pairs per question, ICC {opts.icc:.2f} -> design effect {design.design_effect:.2f}; "
+        f"{mean:.2f} pairs per question{'' if abs(m - mean) < 0.005 else f' (size-weighted {m:.2f})'}, "
+        f"ICC {opts.icc:.2f} -> design effect {design.design_effect:.2f}; "
         f"{opts.seeds} seed(s) per model, seed SD {opts.seed_sd:.1f} points; {opts.alpha:.0%} two-sided, "
         f"{opts.power:.0%} power",
         highlight=False,

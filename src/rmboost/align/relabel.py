@@ -149,8 +149,9 @@ class RelabelConfig:
 
 
 def looks_like_test(path: Path) -> bool:
-    stem = path.name.split(".")[0].lower()
-    return re.search(r"(^|[-_])(test|testing|heldout|held-out)($|[-_])", stem) is not None
+    """A file name with a test word among its parts: test.jsonl, qaf_test.parquet, v1.test-set.jsonl."""
+    name = re.sub(r"(\.(jsonl|json|parquet|csv|gz|zst|arrow))+$", "", path.name.lower())
+    return re.search(r"(^|[-_.])(test|testing|heldout|held-out)($|[-_.])", name) is not None
 
 
 def resolve_split(cfg: RelabelConfig, pairs: Sequence[SourcePair]) -> str:

@@ -140,7 +140,11 @@ def score_rows(rows: list[BenchRow], scorer: Any) -> list[list[float]]:
 
 
 def sections_v1(accuracy: dict[str, float]) -> dict[str, float | None]:
-    """Section scores weighted by EXAMPLE_COUNTS over the subsets present (None: none present)."""
+    """Section scores weighted by EXAMPLE_COUNTS over the subsets present.
+
+    A section with none of its subsets present is None and stays out of the overall score
+    (reward-bench's calculate_scores_per_section writes 0 there, which would pull the overall
+    score of a partial file down)."""
     out: dict[str, float | None] = {}
     for section, subsets in SUBSET_MAPPING.items():
         present = [s for s in subsets if s in accuracy]
