@@ -445,3 +445,30 @@ def test_cli_start_imports_no_numpy_torch_or_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["power", "--accuracy", "abc"], "error: Invalid value for '--accuracy': "),
+        (["power", "--acc", "60"], "error: No such option: --acc"),
+        (["nope"], "error: No such command 'nope'."),
+    ],
+)
+def test_the_command_line_reports_a_mistyped_flag_in_one_line(args, message):
+    """The installed `rmboost` (cli.main): Click's usage errors were a box of several lines."""
+    done = subprocess.run([sys.executable, "-m", "rmboost.cli", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--help')" in done.stderr
+
+
+def test_the_command_line_keeps_help_and_exit_codes():
+    help_ = subprocess.run([sys.executable, "-m", "rmboost.cli", "power", "--help"], capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--accuracy" in help_.stdout
+    bare = subprocess.run([sys.executable, "-m", "rmboost.cli", "data"], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 2 and "qa-feedback" in bare.stdout + bare.stderr  # a group alone shows its help
+    ok = subprocess.run([sys.executable, "-m", "rmboost.cli", "power", "--pairs", "100"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "smallest detectable difference" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "rmboost.cli", "power", "--accuracy", "0"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --accuracy must be")

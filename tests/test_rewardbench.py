@@ -152,6 +152,10 @@ def test_ties_without_ref_and_tied_rows_print_why_they_have_no_score(tmp_path):
     lines = buffer.getvalue().splitlines()
     assert "Ties: no score (no prompt has both a ref:N and a tied:N row)" in lines
     assert not any(line.startswith("Factuality: no score") for line in lines)
+    # The overall score says how many subsets it averages; a kind of Ties row that is absent is null, not 0.
+    assert any(line.startswith("score 100.0 (mean of 1 subset);") for line in lines)
+    assert (m["subsets"]["Ties"]["ref_accuracy"], m["subsets"]["Ties"]["tied_accuracy"]) == (1.0, None)
+    assert not any("section" in line for line in lines)  # v2 has no sections: no empty column
 
 
 def test_benchmark_files_with_problems_name_the_row(tmp_path):

@@ -287,6 +287,20 @@ def test_conversational_rows_read_like_plain_ones(tmp_path: Path) -> None:
     assert rows[1].responses == {"reward_chosen": "Ada.", "reward_rejected": "Bob."}
 
 
+def test_a_nested_prompt_field_is_also_read_at_the_top_level(tmp_path: Path) -> None:
+    """Found by a newcomer: `rmboost score` with a model trained on `inputs.question` refused prompt
+    rows holding `question` at the top level, which RewardScorer.prompt_for (West-of-N) accepts."""
+    f = write_jsonl(tmp_path / "q.jsonl", [{"question": "Who?", "response": "Ada."},
+                                          {"inputs": {"question": "Why?"}, "chosen": "A.", "rejected": "B."}])
+    rows = read_score_rows(f, "inputs.question")
+    assert [r.prompt for r in rows] == ["Who?", "Why?"]
+    assert read_pairs(write_jsonl(tmp_path / "p.jsonl", [{"question": "Q", "chosen": "a", "rejected": "b"}]),
+                      "inputs.question")[0].prompt == "Q"
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Who?", "response": "Ada."}])
+    with pytest.raises(ValueError, match=r"line 1: missing field 'inputs.question' \(the prompt field; no 'question' either\)"):
+        read_score_rows(bad, "inputs.question")
+
+
 def test_mixture_ratios_keep_every_row(tmp_path: Path) -> None:
     def pairs(n: int, tag: str) -> list[Pair]:
         return [Pair(prompt="p", chosen=f"{tag}{i}", rejected="r", id=f"{tag}{i}") for i in range(n)]

@@ -259,8 +259,27 @@ def experiment(opts: ExperimentOptions) -> None:
         raise _fail(str(exc)) from None
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
+def main() -> None:
+    """The `rmboost` command. A mistyped flag or value is one line and exit 2, like every other
+    input error (Click would draw a box of several lines)."""
+    # The Click that Typer runs on: recent Typers carry their own copy (typer._click).
+    click = sys.modules[typer.BadParameter.__module__]
+    try:
+        code = app(standalone_mode=False)
+    except getattr(click, "NoArgsIsHelpError", ()) as exc:  # `rmboost` alone, or `rmboost data`
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        err.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}{where}", highlight=False)
+        sys.exit(2)
+    except click.ClickException as exc:
+        err.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}", highlight=False)
+        sys.exit(exc.exit_code)
+    except getattr(click, "Abort", typer.Abort):  # EOF at a prompt
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # Reward models (issue 4): train-rm, eval-rm, score, data qa-feedback.
@@ -290,4 +309,4 @@ app.command("power")(_power_cli.power)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -222,7 +222,8 @@ def score(opts: ScoreOptions) -> None:
         raise _fail(str(exc)) from None
     t = scorer.truncated
     err.print(
-        f"{len(rewards)} responses in {len(rows)} rows scored (truncated, never dropped: "
+        f"{len(rewards)} response{'' if len(rewards) == 1 else 's'} in {len(rows)} row{'' if len(rows) == 1 else 's'} "
+        "scored (truncated, never dropped: "
         f"{t['prompts']} prompts, {t['responses']} responses at max length {scorer.max_length})",
         highlight=False,
     )

@@ -103,18 +103,28 @@ def read_pairs(
     return pairs
 
 
+def prompt_field_names(prompt_field: str) -> tuple[str, ...]:
+    """Where a row may hold the prompt field: the field, and for `inputs.X` also a top-level X
+    (pair files keep task inputs under `inputs`, prompt files at the top level)."""
+    short = prompt_field.removeprefix("inputs.")
+    return (prompt_field,) if short == prompt_field else (prompt_field, short)
+
+
 def _prompt_of(row: dict[str, Any], prompt_field: str, where: str) -> str | None:
     if prompt_field == NO_PROMPT:
         return ""
-    try:
-        value = get_field(row, prompt_field)
-    except KeyError:
-        if prompt_field == "prompt":
-            return None  # maybe implicit; the caller decides
-        raise InputError(f"{where}: missing field {prompt_field!r} (the prompt field)") from None
-    if value is None:
-        raise InputError(f"{where}: field {prompt_field!r} is null")
-    return prompt_text(value, where, prompt_field)
+    for name in prompt_field_names(prompt_field):
+        try:
+            value = get_field(row, name)
+        except KeyError:
+            continue
+        if value is None:
+            raise InputError(f"{where}: field {name!r} is null")
+        return prompt_text(value, where, name)
+    if prompt_field == "prompt":
+        return None  # maybe implicit; the caller decides
+    also = "".join(f"; no {n!r} either" for n in prompt_field_names(prompt_field)[1:])
+    raise InputError(f"{where}: missing field {prompt_field!r} (the prompt field{also})")
 
 
 @dataclass
@@ -129,7 +139,7 @@ class ScoreRow:
 def read_score_rows(path: str | Path, prompt_field: str = "prompt") -> list[ScoreRow]:
     """Rows with `prompt` + `response` (-> `reward`) or pair rows (-> `reward_chosen`/`reward_rejected`)."""
     out = []
-    for where, row in read_located_rows(path):
+    for where, row in read_located_rows(path, "input file"):
         prompt = _prompt_of(row, prompt_field, where)
         if "response" in row:
             responses = {"reward": response_text(row["response"], where, "response")}

@@ -203,12 +203,13 @@ def ties_score(rows: list[BenchRow], scores: list[list[float]]) -> dict[str, Any
         incorrect += s[r.num_correct :]
     ref = {n: _prompt_stats(*v) for (k, n), v in grouped.items() if k == "ref"}
     tied = {n: _prompt_stats(*v) for (k, n), v in grouped.items() if k != "ref"}
-    ref_acc = float(np.mean([s[0] for s in ref.values()])) if ref else 0.0
-    tied_acc = float(np.mean([s[0] for s in tied.values()])) if tied else 0.0
+    ref_acc = float(np.mean([s[0] for s in ref.values()])) if ref else None  # None: no such rows
+    tied_acc = float(np.mean([s[0] for s in tied.values()])) if tied else None
     both = sorted(set(ref) & set(tied))
     out = {"ref_accuracy": ref_acc, "tied_accuracy": tied_acc, "prompts_with_both": len(both)}
     if not both:
         return {**out, "score": None, "note": "no prompt has both a ref:N and a tied:N row"}
+    assert ref_acc is not None and tied_acc is not None
     spread = np.array([tied[n][1] for n in both])
     gap_tied = np.array([tied[n][2] for n in both])
     gap_hard = np.minimum(np.array([ref[n][2] for n in both]), gap_tied)
@@ -256,13 +257,15 @@ def print_benchmark(m: dict[str, Any], console: Any) -> None:
 
     v1 = m["format"] == "rewardbench"
     table = Table(title=f"rmboost eval-rm --format {m['format']}: {m.get('model', '')} on {m.get('test', '')} ({m['rows']} rows)")
-    for col in ("subset", "n", "accuracy" if v1 else "score", "section"):
+    for col in ("subset", "n", "accuracy", "section") if v1 else ("subset", "n", "score"):
         table.add_column(col, justify="left" if col in ("subset", "section") else "right")
     section_of = {s: sec for sec, subs in SUBSET_MAPPING.items() for s in subs}
     for name, v in m["subsets"].items():
         value = v["accuracy"] if v1 else v["score"]
-        where = section_of.get(name, "Prior Sets" if name in PRIOR_SETS else "-") if v1 else ""
-        table.add_row(name, str(v["n"]), "-" if value is None else f"{100 * value:.1f}", where)
+        cells = [name, str(v["n"]), "-" if value is None else f"{100 * value:.1f}"]
+        if v1:
+            cells.append(section_of.get(name, "Prior Sets" if name in PRIOR_SETS else "-"))
+        table.add_row(*cells)
     console.print(table)
     for name, v in m["subsets"].items():  # why a subset shows "-" (Ties without ref/tied pairs)
         if v.get("note"):
@@ -273,6 +276,9 @@ def print_benchmark(m: dict[str, Any], console: Any) -> None:
             parts.append(f"Prior Sets {100 * m['prior_sets']:.1f} (weight 1/2)")
         console.print("sections (subsets weighted by RewardBench's example counts): " + " | ".join(parts), highlight=False)
     score = "-" if m["score"] is None else f"{100 * m['score']:.1f}"
+    if not v1:
+        scored = sum(v["score"] is not None for v in m["subsets"].values())
+        score += f" (mean of {scored} subset{'' if scored == 1 else 's'})"
     console.print(f"score {score}; {m['tie_rule']}; reward-bench {COMMIT[:7]}", highlight=False)
     if m["missing_subsets"]:
         console.print(f"not in the file: {', '.join(m['missing_subsets'])}", highlight=False)

@@ -15,7 +15,7 @@ from rmboost.data.inputs import get_field
 from rmboost.data.messages import prompt_text
 from rmboost.models import max_positions
 from rmboost.rm.backbones import META_FILE, load_reward_model
-from rmboost.rm.data import NO_PROMPT, Encoded, Pair, PairFormatter
+from rmboost.rm.data import NO_PROMPT, Encoded, Pair, PairFormatter, prompt_field_names
 from rmboost.training import read_meta
 
 
@@ -81,7 +81,7 @@ class RewardScorer:
         """
         if self.prompt_field == NO_PROMPT:
             return ""
-        for name in (self.prompt_field, self.prompt_field.removeprefix("inputs.")):
+        for name in prompt_field_names(self.prompt_field):
             try:
                 return prompt_text(get_field(row, name), "row", name)
             except KeyError:
