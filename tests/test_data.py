@@ -131,3 +131,12 @@ def test_parquet_output(tmp_path: Path):
 def test_sidecars():
     assert sidecar(Path("d/pairs.jsonl"), "failures") == Path("d/pairs.failures.jsonl")
     assert sidecar(Path("d/pairs.parquet"), "summary") == Path("d/pairs.summary.json")
+
+
+def test_a_missing_qa_feedback_source_names_the_file_and_where_a_relative_path_starts(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=r"dev_feedback.json not found: ../shared/data/qa_feedback/dev_feedback.json \(from "):
+        qa_feedback.load_prompts("../shared/data/qa_feedback")
+    (tmp_path / "qaf").mkdir()
+    with pytest.raises(InputError, match=r"not found: /.*/qaf/dev_feedback.json$"):
+        qa_feedback.load_human_pairs(tmp_path / "qaf")

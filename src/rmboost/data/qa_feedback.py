@@ -22,10 +22,11 @@ PROMPT_TEMPLATE = "Question: {question}\n\nPassages:\n{passages}"
 
 def _feedback_file(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() or not path.suffix:  # a folder, existing or not
         path = path / "dev_feedback.json"
     if not path.is_file():
-        raise InputError(f"QA-Feedback file not found: {path}")
+        shown = str(path) if path.is_absolute() else f"{path} (from {Path.cwd()})"
+        raise InputError(f"QA-Feedback's dev_feedback.json not found: {shown}")
     return path
 
 
