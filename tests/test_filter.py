@@ -320,3 +320,73 @@ def test_batch_rows_keep_that_many_pairs_per_round(tmp_path: Path):
     for path in (tmp_path / "kept.jsonl", tmp_path / "kept.filtered.jsonl"):
         order = [int(r["id"][1:]) for r in read_jsonl(path)]
         assert order == sorted(order)
+
+
+# Found in review (stop 18): four ways the filter's files could disagree or lose removed pairs.
+
+
+def test_a_parquet_clash_at_the_end_leaves_every_file_as_it_was(tmp_path: Path):
+    """The removed file used to be renamed into place before the kept Parquet file was written;
+    a column clash there left the new removed file beside the old kept file and summary."""
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "kept.parquet"
+    write_pairs(src, 3)
+    run(filter_job(src, out, ScriptedBackend(judge_answer)))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("kept")}
+    rows = read_jsonl(src)
+    rows[0]["chosen"], rows[0]["rejected"] = rows[0]["rejected"], rows[0]["chosen"]  # p0 now kept
+    rows[1]["meta"], rows[2]["meta"] = 1, "x"  # kept rows whose column cannot be one Parquet type
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="column 'meta' holds both int64 and string"):
+        run(filter_job(src, out, ScriptedBackend(judge_answer)))
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("kept")}
+    assert after == before and set(before) == {"kept.parquet", "kept.filtered.jsonl", "kept.summary.json"}
+
+
+def test_a_pair_without_an_input_the_task_needs_is_refused_before_any_call(tmp_path: Path):
+    rows = write_pairs(tmp_path / "pairs.jsonl", 3)
+    rows[1]["inputs"] = {"question": "Q1?", "passage": "misspelt"}
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    backend = ScriptedBackend(judge_answer)
+    with pytest.raises(InputError, match=r"pairs.jsonl, line 2 \(id p1\): 'inputs' has no 'passages', needed by task 'qa_feedback'"):
+        run(filter_job(tmp_path / "pairs.jsonl", tmp_path / "kept.jsonl", backend))
+    assert backend.calls == [] and not (tmp_path / "kept.jsonl").exists()
+
+
+def test_filtering_a_file_onto_itself_is_refused(tmp_path: Path):
+    """Was: run 1 replaced the input with the kept pairs; the same command again wrote an empty
+    removed file over the only copy of the removed pairs."""
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 4)
+    original = src.read_bytes()
+    res = CliRunner().invoke(app, ["filter", str(src), "-o", str(src), "--backend", "openai",
+                                   "--base-url", "http://127.0.0.1:9/v1", "--model", "m"])
+    assert res.exit_code == 2 and "is the input: filter writes the kept pairs" in res.output
+    assert src.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+
+
+def test_an_input_that_grows_while_it_is_judged_stops_the_job(tmp_path: Path):
+    """Was: rows appended after the checking pass were judged unchecked and the counts disagreed."""
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 4)
+    extra = read_jsonl(src)[1] | {"id": "p99"}
+
+    def answer(messages, params):
+        if "p99" not in src.read_text():
+            with src.open("a") as fh:  # another program still appending
+                fh.write(json.dumps(extra) + "\n")
+        return judge_answer(messages, params)
+
+    with pytest.raises(InputError, match=r"pairs.jsonl changed while it was being filtered \(4 pairs when checked\)"):
+        run(filter_job(src, tmp_path / "kept.jsonl", ScriptedBackend(answer)))
+    assert not (tmp_path / "kept.jsonl").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_input_is_locked_against_a_generate_job_writing_it(tmp_path: Path):
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 2)
+    backend = ScriptedBackend(judge_answer)
+    with hold_output(src), pytest.raises(OutputBusy, match=r"being written by another job .*filter it once that job has finished"):
+        run(filter_job(src, tmp_path / "kept.jsonl", backend))
+    assert backend.calls == []
+    run(filter_job(src, tmp_path / "kept.jsonl", backend))  # released: the filter runs, and leaves no lock behind
+    assert not lock_path(src).exists() and len(read_jsonl(tmp_path / "kept.jsonl")) == 1

@@ -16,6 +16,8 @@ side file. The closing summary, with tokens and cost, goes to `<name>.summary.js
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import time
 from collections import Counter, deque
@@ -27,8 +29,8 @@ from rich.console import Console
 
 from rmboost.data.inputs import InputError, iter_located_rows
 from rmboost.data.messages import inputs_row, response_text
-from rmboost.data.output_lock import hold_output
-from rmboost.data.pairs import StagedRows, check_output_name, sidecar
+from rmboost.data.output_lock import hold_output, lock_path
+from rmboost.data.pairs import StagedRows, atomic_write_bytes, check_output_name, sidecar
 from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
@@ -36,7 +38,7 @@ from rmboost.llm.cache import RequestCache
 from rmboost.methods.common import StepFailed
 from rmboost.methods.judge import Judge, JudgeOptions, open_judge
 from rmboost.progress import JobProgress
-from rmboost.tasks import load_task
+from rmboost.tasks import TaskSpec, load_task
 
 Judged = tuple[dict[str, Any], str]  # (the pair with its verdict, "kept" / "removed" / "no verdict")
 
@@ -70,21 +72,36 @@ class FilterSummary:
         return json.dumps({**asdict(self), "filter_rate": round(rate, 4) if rate is not None else None}, indent=2)
 
 
-def judged_pair(where: str, index: int, pair: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
-    """What the judge is shown of a pair: its task inputs, and chosen and rejected as text."""
+def judged_pair(where: str, index: int, pair: dict[str, Any], task: TaskSpec) -> tuple[dict[str, Any], str, str]:
+    """What the judge is shown of a pair: its task inputs, and chosen and rejected as text.
+
+    A pair without an input the task needs is refused (a judge shown no passages would still
+    decide the label)."""
     for name in ("chosen", "rejected"):
         if pair.get(name) is None:
             raise InputError(f"{where}: missing field {name!r}")
-    return (inputs_row(pair, index, where), response_text(pair["chosen"], where, "chosen"),
-            response_text(pair["rejected"], where, "rejected"))
+    row = inputs_row(pair, index, where)
+    if missing := task.missing_fields(row):
+        raise InputError(f"{where} (id {row['id']}): 'inputs' has no {', '.join(repr(m) for m in missing)}, "
+                         f"needed by task {task.name!r}")
+    return row, response_text(pair["chosen"], where, "chosen"), response_text(pair["rejected"], where, "rejected")
 
 
-def check_pairs(path: str | Path) -> int:
+def check_pairs(path: str | Path, task: TaskSpec) -> int:
     """Check every pair as the judge will need it, in one streaming pass; returns how many there are."""
     count = 0
     for count, (where, pair) in enumerate(iter_located_rows(path), 1):
-        judged_pair(where, count - 1, pair)
+        judged_pair(where, count - 1, pair, task)
     return count
+
+
+def check_not_in_place(pairs_path: Path, output: Path) -> None:
+    """Refuse to write over the input: a second run would find only the kept pairs and write an
+    empty removed file over the only copy of the removed ones."""
+    for path in (output, sidecar(output, "filtered"), sidecar(output, "summary")):
+        if path.exists() and path.resolve() == pairs_path.resolve():
+            raise InputError(f"{pairs_path} is the input: filter writes the kept pairs and the removed ones to "
+                             "new files (choose another --output)")
 
 
 async def run_filter(
@@ -115,8 +132,15 @@ async def run_filter(
     console = console or Console(stderr=True)
     out = Path(output)
     check_output_name(out)
-    with hold_output(out):
-        total = check_pairs(pairs_path)
+    check_not_in_place(Path(pairs_path), out)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(hold_output(out))
+        if lock_path(Path(pairs_path)).resolve() != lock_path(out).resolve():
+            # The input's writer lock too: no rmboost job appends to the pairs while they are judged
+            # (where the input's folder takes no lock file, read-only say, no rmboost job writes there).
+            with contextlib.suppress(OSError):
+                locks.enter_context(hold_output(Path(pairs_path), advice="filter it once that job has finished"))
+        total = check_pairs(pairs_path, task)
         cache = RequestCache(cache_path) if cache_path else None
         kept, removed = StagedRows(out), StagedRows(sidecar(out, "filtered"))
         written: Counter[str] = Counter()  # the pairs written so far, by outcome (the removed file holds two)
@@ -138,12 +162,14 @@ async def run_filter(
                 width = max(1, (batch.rows or total) if batch is not None else concurrency)
                 try:
                     with progress:
-                        await _judge_all(judge, pairs_path, width, progress, kept, removed, written)
+                        await _judge_all(judge, pairs_path, task, total, width, progress, kept, removed, written)
                 finally:
                     if runner is not None:
                         await runner.aclose()
-            removed.commit()
-            kept.commit()
+            kept.prepare()  # the slow part, and the one that can fail (a Parquet column clash), for both
+            removed.prepare()
+            removed.publish()  # then two renames: the old and new files never stand side by side for long
+            kept.publish()
         except BaseException:
             kept.discard()
             removed.discard()
@@ -161,7 +187,7 @@ async def run_filter(
             wall_seconds=round(time.monotonic() - started, 2),
             batch=runner.summary() if runner is not None else None,
         )
-        sidecar(out, "summary").write_text(summary.to_json() + "\n", encoding="utf-8")
+        atomic_write_bytes(sidecar(out, "summary"), lambda fh: fh.write((summary.to_json() + "\n").encode("utf-8")))
     return summary
 
 
@@ -171,18 +197,20 @@ def written_line(written: Counter[str]) -> str:
 
 
 async def _judge_all(
-    judge: Judge, pairs_path: str | Path, width: int, progress: JobProgress, kept: StagedRows, removed: StagedRows,
-    written: Counter[str],
+    judge: Judge, pairs_path: str | Path, task: TaskSpec, total: int, width: int, progress: JobProgress,
+    kept: StagedRows, removed: StagedRows, written: Counter[str],
 ) -> None:
-    """Judge the pairs as they stream in, `width` at a time, and write each in input order.
+    """Judge the `total` pairs the checking pass counted as they stream in, `width` at a time,
+    and write each in input order.
 
     The window holds the pairs read and not yet written (at most 2 x width): when it is full,
-    the oldest is awaited and written before the next pair is read.
+    the oldest is awaited and written before the next pair is read. A file that changed length
+    since the checking pass stops the job (its answers stay in the cache).
     """
     semaphore = asyncio.Semaphore(width)
 
     async def one(index: int, where: str, pair: dict[str, Any]) -> Judged:
-        row, chosen, rejected = judged_pair(where, index, pair)
+        row, chosen, rejected = judged_pair(where, index, pair, task)
         async with semaphore:
             try:
                 verdict = await judge.compare(row, chosen, rejected, step="filter")
@@ -198,13 +226,19 @@ async def _judge_all(
         written[outcome] += 1
 
     window: deque[asyncio.Task[Judged]] = deque()
+    rows = iter_located_rows(pairs_path)
     try:
-        for index, (where, pair) in enumerate(iter_located_rows(pairs_path)):
+        read = 0
+        for index, (where, pair) in enumerate(itertools.islice(rows, total)):
+            read = index + 1
             window.append(asyncio.create_task(one(index, where, pair)))
             if len(window) >= 2 * width:
                 write(await window.popleft())
         while window:
             write(await window.popleft())
+        if read < total or next(rows, None) is not None:
+            raise InputError(f"{pairs_path} changed while it was being filtered ({total} pairs when checked); "
+                             "is another program still writing it? Run again once it is complete")
     except BaseException:
         for task in window:
             task.cancel()

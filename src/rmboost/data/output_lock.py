@@ -59,11 +59,14 @@ def current_command() -> str:
 
 
 @contextlib.contextmanager
-def hold_output(output: Path, command: str | None = None) -> Iterator[Path]:
-    """Hold the output's lock for the block, or raise OutputBusy naming the job that holds it."""
+def hold_output(
+    output: Path, command: str | None = None, advice: str = "wait for it or stop it, or choose another --output"
+) -> Iterator[Path]:
+    """Hold the output's lock for the block, or raise OutputBusy naming the job that holds it
+    and what to do (`advice`)."""
     path = lock_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(path, output)
+    fd = _acquire(path, output, advice)
     try:
         holder = {
             "pid": os.getpid(),
@@ -80,15 +83,14 @@ def hold_output(output: Path, command: str | None = None) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def _acquire(path: Path, output: Path) -> int:
+def _acquire(path: Path, output: Path, advice: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputBusy(f"{output} is being written by another job ({_describe_holder(path)}); "
-                             "wait for it or stop it, or choose another --output") from None
+            raise OutputBusy(f"{output} is being written by another job ({_describe_holder(path)}); {advice}") from None
         # The holder may have removed the file between our open and our lock: then ours is an
         # orphan nobody else would see, so start again on the file now at the path.
         try:

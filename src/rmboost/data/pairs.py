@@ -310,6 +310,12 @@ class StagedRows:
         self.count += 1
 
     def commit(self) -> Path:
+        self.prepare()
+        return self.publish()
+
+    def prepare(self) -> None:
+        """Everything but the rename: the slow part (and the one that can fail, a Parquet column
+        clash) of a commit, so that several files can be prepared first and then renamed together."""
         self._fh.close()
         if self.rows != self.tmp:
             with self.rows.open("rb") as src:
@@ -323,6 +329,9 @@ class StagedRows:
                 except ColumnClash as exc:
                     raise ColumnClash(f"{self.path}: {exc}") from None
             self.rows.unlink()
+
+    def publish(self) -> Path:
+        """Rename the prepared file over `path`."""
         if self.path.exists():
             os.chmod(self.tmp, self.path.stat().st_mode & 0o7777)
         os.replace(self.tmp, self.path)
