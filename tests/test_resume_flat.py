@@ -588,3 +588,13 @@ def test_an_object_empty_in_every_row_is_written_as_null(tmp_path: Path):
     back = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert back == [{"id": f"p{i}", "meta": None, "filter": {"winner": "a", "aspects": None, "orders": [{"aspects": None, "n": i}]}}
                     for i in range(3)]
+
+
+def test_an_integer_parquet_cannot_store_is_named_by_column_and_row(tmp_path: Path):
+    """Found in review: 2**64 gave "rows 2-2 do not fit one Parquet schema" without the column."""
+    from rmboost.data import parquet
+
+    for i, rows in enumerate([[{"id": "p0", "n": 1}, {"id": "p1", "big": 2**64}], [{"id": "p0", "big": 2**64}]]):
+        lines = [(json.dumps(r) + "\n").encode() for r in rows]
+        with pytest.raises(parquet.ColumnClash, match=rf"column 'big' holds both int64 and integer beyond 64-bit values \(row {len(rows)}, id 'p{len(rows) - 1}'\)"):
+            parquet.write_parquet(tmp_path / f"x{i}.parquet", lambda lines=lines: iter(lines))

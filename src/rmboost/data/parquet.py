@@ -169,6 +169,8 @@ def _value_clash(value: Any, known: Any, path: str) -> tuple[str, str, str] | No
                 return found
             item_type = _unify(item_type, pa.infer_type([item]))
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return path, _type_name(known), "integer beyond 64-bit"  # inferred as int64, fails to convert
     try:
         got = pa.infer_type([value])
     except (pa.ArrowException, OverflowError):
