@@ -166,6 +166,30 @@ def test_a_failed_endpoint_check_leaves_nothing_under_the_output_name(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["cache.sqlite"])
 
 
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("prompts.jsonl", "--output {dir}/prompts.jsonl is the input file: write the pairs to another file"),
+        ("other.jsonl", "{dir}/other.jsonl, line 1 (id 'a'): not a preference pair (no 'chosen'/'rejected')"),
+        ("torn.jsonl", "{dir}/torn.jsonl, line 2: not valid JSON (a whole line, not one cut off by a crash)"),
+    ],
+)
+def test_an_output_that_is_not_the_jobs_pairs_is_refused_and_left_alone(tmp_path: Path, output: str, message: str):
+    """Found in review: --output equal to --input took each prompt row for a finished pair and
+    exited 0 having written nothing; a file with a bad line in its middle was cut there."""
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a", "question": "Q?", "passages": "P."}\n')
+    (tmp_path / "other.jsonl").write_text('{"id": "a", "question": "Q?"}\n')
+    (tmp_path / "torn.jsonl").write_text('{"id": "x", "chosen": "c", "rejected": "r"}\nnot json\n'
+                                         '{"id": "y", "chosen": "c", "rejected": "r"}\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = runner.invoke(app, ["generate", "--input", str(tmp_path / "prompts.jsonl"), "--output", str(tmp_path / output),
+                                 "--backend", "openai", "--base-url", f"http://127.0.0.1:{_free_port()}/v1", "--model", "m"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message.format(dir=tmp_path) in errors[0] and "re-run to resume" not in errors[0]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing cut
+
+
 def test_tasks_command_lists_and_shows():
     result = runner.invoke(app, ["tasks"])
     assert result.exit_code == 0

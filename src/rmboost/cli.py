@@ -34,6 +34,7 @@ app = typer.Typer(
 def generate(cfg: GenerateConfig) -> None:
     """Generate preference pairs from prompts with an LLM (rmboost, rlaif, rlcd or west-of-n)."""
     from rmboost.data.output_lock import OutputBusy
+    from rmboost.data.pairs import NotTheOutput
     from rmboost.generate import run_generate
 
     output = cfg.output
@@ -45,7 +46,7 @@ def generate(cfg: GenerateConfig) -> None:
             "run the same command again to resume."
         )
         raise typer.Exit(130) from None
-    except OutputBusy as exc:  # the other job owns the output: nothing here to resume
+    except (OutputBusy, NotTheOutput) as exc:  # the output is another job's, or no job's: nothing here to resume
         raise _fail(str(exc)) from None
     except USER_ERRORS as exc:
         raise _fail(f"{exc}" + _kept_note(output)) from None

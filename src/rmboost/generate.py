@@ -36,6 +36,7 @@ from rmboost.data.messages import to_conversational
 from rmboost.data.output_lock import hold_output
 from rmboost.data.pairs import (
     FailureLog,
+    NotTheOutput,
     PairWriter,
     check_output_name,
     iter_jsonl_tolerant,
@@ -197,6 +198,8 @@ async def run_generate(
     task = load_task(cfg.task)
     output = Path(cfg.output)
     check_output_name(output)
+    if output.exists() and output.resolve() == Path(cfg.input).resolve():  # its rows would count as finished pairs
+        raise NotTheOutput(f"--output {output} is the input file: write the pairs to another file")
     console = console or Console(stderr=True)
     made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first
     try:

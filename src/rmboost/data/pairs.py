@@ -80,6 +80,11 @@ def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], int]:
     return rows, good_bytes
 
 
+class NotTheOutput(ValueError):
+    """The output file holds something other than a job's pairs (the input, another file):
+    nothing is written to it, and there is nothing there to resume."""
+
+
 def check_output_name(output: Path) -> None:
     if output.suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"output {output}: use a .jsonl or .parquet file name")
@@ -129,9 +134,12 @@ class PairWriter:
         each; at the end cut off a torn tail and note the good size."""
 
         def lines() -> Iterator[tuple[str, int, int, str | None]]:
-            for offset, length, row in iter_jsonl_tolerant(self.path):
+            for number, (offset, length, row) in enumerate(iter_jsonl_tolerant(self.path), 1):
                 if not isinstance(row, dict) or "id" not in row:
-                    raise ValueError(f"{self.path}: the pair at byte {offset} has no 'id'")
+                    raise NotTheOutput(f"{self.path}, line {number}: the pair has no 'id'")
+                if "chosen" not in row or "rejected" not in row:  # a prompt file given as --output, say
+                    raise NotTheOutput(f"{self.path}, line {number} (id {row['id']!r}): not a preference pair (no "
+                                     "'chosen'/'rejected'); the output holds the job's finished pairs: is it the right file?")
                 yield row["id"], offset, length, _label(row)
 
         if self._from_parquet:
@@ -141,14 +149,20 @@ class PairWriter:
         if not self.path.exists():
             return
         rows = lines()
+        count = 0
         while chunk := list(itertools.islice(rows, SCAN_CHUNK)):
             with self.index.batch():
                 self.index.add_lines(chunk)
             _, offset, length, _ = chunk[-1]
             good = offset + length
+            count += len(chunk)
             yield
         if good < self.path.stat().st_size:
             with self.path.open("r+b") as fh:
+                fh.seek(good)
+                if _has_newline(fh):  # a torn write leaves part of one line; this is a bad line, not a tear
+                    raise NotTheOutput(f"{self.path}, line {count + 1}: not valid JSON (a whole line, not one cut off by a "
+                                     "crash); the file is left as it is: is it the job's output?")
                 fh.truncate(good)
         self._size = good
 
@@ -232,6 +246,14 @@ class PairWriter:
                 return False
             end += length
         return end == self._size
+
+
+def _has_newline(fh: BinaryIO, chunk: int = 1 << 20) -> bool:
+    """Whether a newline follows the file's position (read a chunk at a time)."""
+    while data := fh.read(chunk):
+        if b"\n" in data:
+            return True
+    return False
 
 
 def _label(row: dict[str, Any]) -> str | None:
