@@ -77,6 +77,11 @@ def write_config(path: Path, **sections: Any) -> Path:
         ({"method_options": {"rlcd": {"temprature": 1}}, "methods": ["rmboost", "rlcd"]},
          "method_options.rlcd: unknown generate setting 'temprature'"),
         ({"tasks": "x"}, "tasks: unknown setting (did you mean 'task'?)"),
+        # Found in review (stop 18): these failed late (a traceback, or after generation was paid for).
+        ({"settings": []}, "settings: name at least one of real, syn, real+syn"),
+        ({"seeds": [0, 0]}, "seeds: 0 is listed twice"),
+        ({"methods": ["rlcd", "rlcd"]}, "methods: 'rlcd' is listed twice"),
+        ({"mixture": {"real": -1, "syn": 1}}, "mixture.real: the weight must be a positive number, got -1"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, sections, message):
@@ -105,6 +110,9 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
          "data.prompts: no shipped sample named 'nope'"),
         ({"task": "{tmp}/missing-task.yaml", "data": {"qa_feedback": str(QA_FEEDBACK)}},
          "task: task file not found: {tmp}/missing-task.yaml"),
+        ({"data": {"prompts": "{tmp}/p.jsonl", "test": "{tmp}/p.jsonl", "real_train": "{tmp}/p.jsonl"}},
+         "data.real_train and data.test are the same file ({tmp}/p.jsonl): the test pairs would be trained on"),
+        ({"data": {"qa_feedback": str(QA_FEEDBACK)}, "rm": {"epochs": -1}}, "rm: --epochs must be positive, got -1"),
     ],
 )
 def test_missing_files_stop_the_run_before_the_run_folder_is_touched(tmp_path, sections, message):
@@ -113,12 +121,37 @@ def test_missing_files_stop_the_run_before_the_run_folder_is_touched(tmp_path, s
     data = {k: v.replace("{tmp}", str(tmp_path)) for k, v in sections["data"].items()}
     task = sections.get("task", "qa_feedback").replace("{tmp}", str(tmp_path))
     run = tmp_path / "run"
-    config = write_config(tmp_path / "exp.yaml", task=task, data=data, output=str(run))
+    more = {k: v for k, v in sections.items() if k not in ("data", "task")}
+    config = write_config(tmp_path / "exp.yaml", task=task, data=data, output=str(run), **more)
     res = subprocess.run([*RMBOOST, "experiment", str(config)], capture_output=True, text=True)
     text = " ".join(res.stderr.split())
     assert res.returncode == 2, res.stderr
     assert f"{config}: {message.replace('{tmp}', str(tmp_path))}" in text and "Traceback" not in text
     assert not run.exists()
+
+
+def test_an_out_folder_of_other_files_or_a_changed_resume_is_refused_untouched(tmp_path):
+    """Found in review: --out over a folder of the user's files replaced its config.yaml; a resume
+    with other generation settings rewrote the run's config, data and results before refusing."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own notes\n")
+    config = write_config(tmp_path / "exp.yaml", data={"qa_feedback": str(QA_FEEDBACK)}, settings=["syn"],
+                          methods=["rlaif"])
+    res = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(mine)], capture_output=True, text=True)
+    assert res.returncode == 2 and f"--out {mine} holds other files and no run" in " ".join(res.stderr.split())
+    assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"] and (mine / "config.yaml").read_text() == "my own notes\n"
+
+    run = tmp_path / "run"  # a run whose rlaif pairs were made with another seed
+    (run / "gen" / "rlaif").mkdir(parents=True)
+    (run / "gen" / "rlaif" / "stage.json").write_text(json.dumps({"generate": {"seed": 99}}))
+    (run / "results.json").write_text('{"cells": []}\n')
+    (run / "config.yaml").write_text("the earlier config\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    res = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(run)], capture_output=True, text=True)
+    text = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "gen/rlaif was generated with other settings (" in text and " seed," in text
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_grid_has_one_real_row_per_seed_and_every_variant_setting(tmp_path):

@@ -30,7 +30,13 @@ from rich.console import Console
 from rmboost.data.inputs import InputError, iter_located_rows
 from rmboost.data.messages import inputs_row, response_text
 from rmboost.data.output_lock import hold_output, lock_path
-from rmboost.data.pairs import StagedRows, atomic_write_bytes, check_output_name, sidecar
+from rmboost.data.pairs import (
+    StagedRows,
+    atomic_write_bytes,
+    check_output_name,
+    input_written_over,
+    sidecar,
+)
 from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
 from rmboost.llm.batch_command import command_backend
@@ -98,10 +104,9 @@ def check_pairs(path: str | Path, task: TaskSpec) -> int:
 def check_not_in_place(pairs_path: Path, output: Path) -> None:
     """Refuse to write over the input: a second run would find only the kept pairs and write an
     empty removed file over the only copy of the removed ones."""
-    for path in (output, sidecar(output, "filtered"), sidecar(output, "summary")):
-        if path.exists() and path.resolve() == pairs_path.resolve():
-            raise InputError(f"{pairs_path} is the input: filter writes the kept pairs and the removed ones to "
-                             "new files (choose another --output)")
+    if input_written_over((output, sidecar(output, "filtered"), sidecar(output, "summary")), [pairs_path]):
+        raise InputError(f"{pairs_path} is the input: filter writes the kept pairs and the removed ones to "
+                         "new files (choose another --output)")
 
 
 async def run_filter(

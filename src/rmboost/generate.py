@@ -39,6 +39,7 @@ from rmboost.data.pairs import (
     NotTheOutput,
     PairWriter,
     check_output_name,
+    input_written_over,
     iter_jsonl_tolerant,
     sidecar,
 )
@@ -198,7 +199,7 @@ async def run_generate(
     task = load_task(cfg.task)
     output = Path(cfg.output)
     check_output_name(output)
-    if output.exists() and output.resolve() == Path(cfg.input).resolve():  # its rows would count as finished pairs
+    if input_written_over([output], [cfg.input]):  # its rows would count as finished pairs
         raise NotTheOutput(f"--output {output} is the input file: write the pairs to another file")
     console = console or Console(stderr=True)
     made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first

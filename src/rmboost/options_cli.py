@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import typer
 
 from rmboost.cli_support import USER_ERRORS, fail
-from rmboost.options import Setting, Spec, check_choice, settings, union_members
+from rmboost.options import OptionError, Setting, Spec, check_choice, settings, union_members
 
 T = TypeVar("T")
 
@@ -132,6 +132,8 @@ def _build(cls: type[T], values: dict[str, Any], params: list[_Param], groups: l
             value = p.setting.default() if value is None else p.setting.spec.parse(value)
         elif p.setting.spec.cli_type is None and _repeated(p.setting.type) is not None:
             if not value:  # not given: the field's (or the group's) default
+                if p.setting.required:
+                    raise OptionError(f"{p.flag}: give at least one")
                 continue
             value = _one_or_many(value, p.setting)
         check_choice(value, p.setting, p.flag)

@@ -119,8 +119,12 @@ def schedule_arguments(cfg: Any, checkpoints: Path, processes: int = 1) -> dict[
     }
 
 
-def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = ()) -> None:
-    """The options every trainer has: epochs, learning rate (and `positive` more), batch, warmup, output."""
+def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = (), model_file: str | None = None) -> None:
+    """The options every trainer has: epochs, learning rate (and `positive` more), batch, warmup, output.
+
+    With `model_file` (the trainer's rmboost_*.json), an existing output folder must be empty, an
+    earlier model of this kind, or an interrupted run's checkpoints: the trainer writes its files
+    there and removes `checkpoints/`, so a folder of other files is refused."""
     for name, value in (("--epochs", cfg.epochs), ("--learning-rate", cfg.learning_rate), *positive):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
@@ -130,6 +134,11 @@ def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = ()) -> None
         raise ValueError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.output.exists() and not cfg.output.is_dir():
         raise ValueError(f"--output {cfg.output} exists and is not a folder")
+    if model_file is not None and cfg.output.is_dir():
+        names = {p.name for p in cfg.output.iterdir()}
+        if names and model_file not in names and names != {CHECKPOINTS}:
+            raise ValueError(f"--output {cfg.output} holds other files and no model of this kind (no {model_file}): "
+                             "choose a new or empty folder")
 
 
 def progress_callback(console: Any, show_bar: bool, line: LogLine) -> Any:

@@ -156,7 +156,7 @@ def prepare_rows(pairs: list[DPOPair], tokenizer: Any, max_prompt_length: int, m
 
 
 def _check(cfg: DPOTrainConfig) -> None:
-    check_schedule(cfg, positive=[("--beta", cfg.beta)])
+    check_schedule(cfg, positive=[("--beta", cfg.beta)], model_file=META_FILE)
     if cfg.max_prompt_length < 8 or cfg.max_prompt_length > cfg.max_length - 16:
         raise ValueError(
             f"--max-prompt-length {cfg.max_prompt_length} must be at least 8 and leave 16 or more of "

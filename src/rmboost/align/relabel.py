@@ -34,7 +34,7 @@ from rmboost.align.goals import GoalFlags, GoalSpec, format_score, goal_row
 from rmboost.align.scores import fine_grained_mean, judge_scores, read_score, rm_scores, round_score
 from rmboost.data.inputs import InputError
 from rmboost.data.messages import SourcePair, read_source_pairs
-from rmboost.data.pairs import atomic_write_jsonl, sidecar, write_summary
+from rmboost.data.pairs import atomic_write_jsonl, input_written_over, sidecar, write_summary
 from rmboost.methods.judge import CONNECTION, JudgeOptions
 from rmboost.options import at_least, group, option
 from rmboost.tasks import load_task
@@ -216,8 +216,9 @@ def check_config(cfg: RelabelConfig) -> None:
     options.validate(cfg)
     if cfg.output.suffix != ".jsonl":
         raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
-    if cfg.output.resolve() == Path(cfg.input).resolve():
-        raise ValueError("--output must differ from the input file")
+    if written := input_written_over((cfg.output, sidecar(cfg.output, "filtered"), sidecar(cfg.output, "summary")),
+                                     [cfg.input]):
+        raise ValueError(f"--output {cfg.output} writes {written.name}, which is the input file: choose another --output")
     if cfg.split == "test":  # the test split needs no scores
         return
     if cfg.scores_from == "judge":

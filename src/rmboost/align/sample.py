@@ -19,7 +19,7 @@ from rmboost.align.goals import GoalFlags, GoalSpec, format_score, parse_scale
 from rmboost.align.policy import fit_prompt, load_policy, policy_prompt
 from rmboost.data.inputs import InputError, read_located_rows
 from rmboost.data.messages import check_messages, split_pair
-from rmboost.data.pairs import atomic_write_jsonl, write_summary
+from rmboost.data.pairs import atomic_write_jsonl, input_written_over, write_summary
 from rmboost.options import option, reuse
 from rmboost.training import read_meta
 
@@ -146,6 +146,8 @@ def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
     say = log or (lambda _m: None)
     if cfg.output.suffix != ".jsonl":
         raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
+    if input_written_over([cfg.output], [cfg.input]):
+        raise ValueError(f"--output {cfg.output} is the input file: write the samples to another file")
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise ValueError("--max-new-tokens and --batch-size must be at least 1")
     meta = read_meta(cfg.model, META_FILE) if Path(cfg.model).is_dir() else {}

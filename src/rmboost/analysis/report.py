@@ -237,6 +237,8 @@ def render_report(run: Run, analysis: dict[str, Any], max_pairs: int = MAX_PAIRS
 def write_report(run_dir: Path, output: Path | None = None, *, max_pairs: int = MAX_PAIRS,
                  encoder: Any = None, command: str | None = None) -> Path:
     """Write RUN_DIR/report.html (or `output`); computes analysis.json first when it is missing."""
+    if output is not None and Path(output).suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"-o {output}: the report is an HTML file; use a .html name")
     run = load_run(Path(run_dir))
     analysis = load_analysis(run.dir, encoder)
     html = render_report(run, analysis, max_pairs=max_pairs, command=command)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from rmboost.data.inputs import iter_rows
+from rmboost.data.inputs import InputError, iter_located_rows, iter_rows
 from rmboost.data.job_index import SCAN_CHUNK, JobIndex
 from rmboost.data.output_lock import output_stem
 from rmboost.data.parquet import ColumnClash, write_parquet
@@ -83,6 +83,13 @@ def read_jsonl_tolerant(path: Path) -> tuple[list[dict[str, Any]], int]:
 class NotTheOutput(ValueError):
     """The output file holds something other than a job's pairs (the input, another file):
     nothing is written to it, and there is nothing there to resume."""
+
+
+def input_written_over(outputs: Iterable[str | Path], inputs: Iterable[str | Path]) -> Path | None:
+    """The first of `outputs` that is one of the `inputs` (the same file, by resolved path), if any:
+    a command must not write over a file it reads."""
+    read = {Path(p).resolve() for p in inputs if Path(p).exists()}
+    return next((Path(p) for p in outputs if Path(p).exists() and Path(p).resolve() in read), None)
 
 
 def check_output_name(output: Path) -> None:
@@ -378,13 +385,21 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def merge_pair_files(inputs: list[Path], output: Path) -> int:
     """Concatenate pair files into one JSONL file, streamed: the ids are checked first (an id
     in two files is an error naming both, and nothing is written), then the rows are copied."""
+    if not inputs:
+        raise ValueError("give the shard files to merge")
+    if output.suffix != ".jsonl":
+        raise ValueError(f"--output {output}: merge writes JSONL; use a .jsonl name")
+    if input_written_over([output], inputs):
+        raise ValueError(f"--output {output} is one of the inputs: write the merged pairs to a new file")
     starts: list[int] = []  # the position of each file's first row
 
     def ids() -> Iterator[tuple[int, str]]:
         count = 0
         for path in inputs:
             starts.append(count)
-            for row in iter_rows(path):
+            for where, row in iter_located_rows(path):
+                if "id" not in row:
+                    raise InputError(f"{where}: no 'id' (shards of one job hold ids)")
                 yield count, row["id"]
                 count += 1
 

@@ -193,6 +193,12 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("methods: name at least one method or ablation (or use settings: [real])")
     if not cfg.seeds:
         raise ConfigError("seeds: give at least one seed")
+    if not cfg.settings:
+        raise ConfigError(f"settings: name at least one of {', '.join(SETTINGS)}")
+    for name, values in (("methods", cfg.methods), ("ablations", cfg.ablations), ("settings", cfg.settings),
+                         ("seeds", cfg.seeds)):
+        if (twice := next((v for i, v in enumerate(values) if v in values[:i]), None)) is not None:
+            raise ConfigError(f"{name}: {twice!r} is listed twice")
     d = cfg.data
     if d.qa_feedback is not None and (given := [k for k in ("prompts", "real_train", "test") if getattr(d, k)]):
         raise ConfigError(f"data: qa_feedback gives the prompts, real and test pairs; drop data.{given[0]} "
@@ -203,6 +209,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.real_train: the real and real+syn settings need human training pairs")
     if cfg.mixture is not None and set(cfg.mixture) != {"real", "syn"}:
         raise ConfigError(f"mixture: give weights for exactly real and syn, got {sorted(cfg.mixture)}")
+    for key, weight in (cfg.mixture or {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise ConfigError(f"mixture.{key}: the weight must be a positive number, got {weight!r}")
     for variant in cfg.method_options:
         if variant not in [v.name for v in variants(cfg)]:
             raise ConfigError(f"method_options.{variant}: not a variant of this experiment")
@@ -246,6 +255,8 @@ def check_files(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"data.{key}: {exc}") from None
         elif not Path(value).exists():
             raise ConfigError(f"data.{key}: {value} not found")
+    if d.real_train and d.test and Path(d.real_train).resolve() == Path(d.test).resolve():
+        raise ConfigError(f"data.real_train and data.test are the same file ({d.test}): the test pairs would be trained on")
 
 
 # ---------------------------------------------------------------------------------------------

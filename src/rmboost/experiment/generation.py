@@ -74,6 +74,25 @@ def _generation_identity(gcfg: GenerateConfig) -> dict[str, Any]:
     return json.loads(json.dumps(ident, default=str))
 
 
+def check_generation_settings(gcfg: GenerateConfig) -> bool:
+    """Whether the variant's folder has pairs generated already; ConfigError when they were
+    generated with other settings (two settings would otherwise mix in one pair file)."""
+    folder = Path(gcfg.output).parent
+    stage = folder / "stage.json"
+    if not stage.exists():
+        return False
+    before = json.loads(stage.read_text("utf-8"))["generate"]
+    ident = _generation_identity(gcfg)
+    # A setting recorded by an older rmboost that no longer shapes the pairs is not compared.
+    changed = sorted(k for k in ident if before.get(k) != ident[k])
+    if changed:
+        raise ConfigError(
+            f"{folder} was generated with other settings ({', '.join(changed)}); "
+            "use a new output folder, or delete that folder to regenerate it"
+        )
+    return True
+
+
 async def generate_variant(
     gcfg: GenerateConfig, console: Console, backend: Backend | None, judge_backend: Backend | None
 ) -> dict[str, Any]:
@@ -81,19 +100,8 @@ async def generate_variant(
     the whole job's tokens and cost (every run), as `run_generate` counts them."""
     folder = Path(gcfg.output).parent
     folder.mkdir(parents=True, exist_ok=True)
-    stage = folder / "stage.json"
-    ident = _generation_identity(gcfg)
-    if stage.exists():
-        before = json.loads(stage.read_text("utf-8"))["generate"]
-        # A setting recorded by an older rmboost that no longer shapes the pairs is not compared.
-        changed = sorted(k for k in ident if before.get(k) != ident[k])
-        if changed:
-            raise ConfigError(
-                f"{folder} was generated with other settings ({', '.join(changed)}); "
-                "use a new output folder, or delete that folder to regenerate it"
-            )
-    else:
-        stage.write_text(json.dumps({"generate": ident}, indent=2) + "\n", "utf-8")
+    if not check_generation_settings(gcfg):
+        (folder / "stage.json").write_text(json.dumps({"generate": _generation_identity(gcfg)}, indent=2) + "\n", "utf-8")
     summary = await run_generate(gcfg, console, backend=backend, judge_backend=judge_backend)
     job = summary.job or {}
     gen_tokens, judge_tokens = usage_totals(job.get("usage") or {}), usage_totals(job.get("judge_usage") or {})

@@ -16,12 +16,17 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.experiment.beta import beta_stage
-from rmboost.experiment.config import cells, check_inputs, load_config, variants
+from rmboost.experiment.config import ConfigError, cells, check_inputs, load_config, variants
 from rmboost.experiment.data import prepare_data
-from rmboost.experiment.generation import generate_config, generate_variant, generator_backend
+from rmboost.experiment.generation import (
+    check_generation_settings,
+    generate_config,
+    generate_variant,
+    generator_backend,
+)
 from rmboost.experiment.log import RunLog
 from rmboost.experiment.results import compare_run, format_table, heldout_info, summarize_table
-from rmboost.experiment.training import rm_settings, run_cell
+from rmboost.experiment.training import check_rm, rm_settings, run_cell
 from rmboost.llm import Backend
 from rmboost.runfolder import REAL, RunFolder, count_rows, pairs_rel
 
@@ -40,14 +45,23 @@ async def run_experiment(
     task = check_inputs(cfg, config_path)  # the task and the data files, before the run folder is touched
     run = Path(out or cfg.output or Path("runs") / cfg.name)
     folder = RunFolder(run)
+    vs = variants(cfg)
+    needs_syn = any(s != REAL for s in cfg.settings)
+    try:
+        check_run_folder(folder, config_path)
+        for v in vs if needs_syn else []:  # a resume with other settings is refused before anything is touched
+            check_generation_settings(generate_config(cfg, v, folder.prompts, run))
+        check_rm(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_path}: {exc}") from None
     run.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config_path, folder.config)
+    if not (folder.config.exists() and folder.config.samefile(config_path)):  # resumed from the run's own copy
+        shutil.copyfile(config_path, folder.config)
     log = RunLog(folder.log, console)
     paths = prepare_data(cfg, run)
     test_info, baselines = heldout_info(paths["test"])
     log.event("data", f"{count_rows(paths['prompts'])} prompts, {count_rows(paths['real'])} real training pairs, "
                       f"{test_info['pairs']} test pairs ({test_info['groups']} groups) in {folder.data}")
-    vs = variants(cfg)
     grid = cells(cfg)
     generator = generator_backend(cfg)
     judge = cfg.judge.connection(generator)
@@ -77,7 +91,6 @@ async def run_experiment(
         tmp.replace(folder.results)
 
     save()
-    needs_syn = any(s != REAL for s in cfg.settings)
     for i, v in enumerate(vs if needs_syn else [], 1):
         gcfg = generate_config(cfg, v, paths["prompts"], run)
         record = await generate_variant(gcfg, console, backend, judge_backend)
@@ -113,6 +126,21 @@ def _analyse_and_report(run: Path, log: RunLog, command: str) -> None:
 
     analyze_run(run)  # writes analysis.json and the figures
     log.event("report", str(write_report(run, command=command)))
+
+
+def check_run_folder(folder: RunFolder, config_path: str | Path) -> None:
+    """An existing --out folder must be empty or a run: its results.json or log.jsonl, or (a first
+    run stopped early) this very config as its config.yaml. A run writes its config, data and
+    results there and would overwrite a folder of other files."""
+    run = folder.dir
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"--out {run} is a file, not a run folder")
+    if not run.is_dir() or not any(run.iterdir()) or folder.results.exists() or folder.log.exists():
+        return
+    if folder.config.is_file() and folder.config.read_bytes() == Path(config_path).read_bytes():
+        return
+    raise ConfigError(f"--out {run} holds other files and no run (no results.json or log.jsonl): "
+                      "choose a new or empty folder")
 
 
 def _created(run: Path) -> str:

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rmboost.experiment.config import RM_PER_CELL, ExperimentConfig
+from rmboost.experiment.config import RM_PER_CELL, ConfigError, ExperimentConfig
 from rmboost.runfolder import REAL, RunFolder, Variant, count_rows
 
 
@@ -32,6 +32,19 @@ def rm_config(cfg: ExperimentConfig, specs: list[str], output: Path, seed: int) 
     settings = {"show_progress": False, "logging_steps": 10_000, **cfg.rm}
     settings.pop("keep_models", None)
     return TrainRMConfig(train=specs, output=output, seed=seed, **settings)
+
+
+def check_rm(cfg: ExperimentConfig) -> None:
+    """The rm settings as train-rm checks them, before any generation is paid for (`rm.epochs: ...`)."""
+    from rmboost import options
+    from rmboost.training import check_schedule
+
+    rm = rm_config(cfg, ["pairs.jsonl"], Path("."), 0)
+    try:
+        options.validate(rm)
+        check_schedule(rm)
+    except ValueError as exc:
+        raise ConfigError(f"rm: {exc}") from None
 
 
 def rm_settings(cfg: ExperimentConfig) -> dict[str, Any]:

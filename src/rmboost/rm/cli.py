@@ -97,12 +97,15 @@ def eval_rm(opts: EvalRMOptions) -> None:
     Two --model: their paired difference on the same pairs. --format rewardbench or
     rewardbench2: per-subset accuracy and the benchmark's section scores.
     """
+    from rmboost.data.pairs import atomic_write_bytes, input_written_over
     from rmboost.rm.compare import compare_models, print_comparison
     from rmboost.rm.rewardbench import evaluate_benchmark, print_benchmark
     from rmboost.rm.score import RewardScorer
 
     output = opts.output
     try:
+        if output is not None and input_written_over([output], [opts.test]):
+            raise ValueError(f"--output {output} is the test file: write the metrics to another file")
         if opts.format != "pairs":
             if len(opts.model) != 1:
                 raise ValueError(f"--format {opts.format} scores one --model at a time")
@@ -117,7 +120,7 @@ def eval_rm(opts: EvalRMOptions) -> None:
                                     opts.resamples, opts.seed, opts.device)
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
-            output.write_text(json.dumps(result, indent=2) + "\n", "utf-8")
+            atomic_write_bytes(output, lambda fh: fh.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     if opts.format != "pairs":
@@ -190,7 +193,7 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
 @options_cli.command(ScoreOptions)
 def score(opts: ScoreOptions) -> None:
     """Score responses with a trained reward model: one reward per response."""
-    from rmboost.data.pairs import atomic_write_jsonl
+    from rmboost.data.pairs import atomic_write_jsonl, input_written_over
     from rmboost.rm.data import read_score_rows
     from rmboost.rm.score import RewardScorer
 
@@ -198,6 +201,8 @@ def score(opts: ScoreOptions) -> None:
     try:
         if output.suffix not in (".jsonl", ".parquet"):
             raise ValueError(f"--output {output}: use a .jsonl or .parquet file name")
+        if input_written_over([output], [opts.input]):
+            raise ValueError(f"--output {output} is the input file: write the scores to another file")
         scorer = RewardScorer(opts.model, device=opts.device, batch_size=opts.batch_size, max_length=opts.max_length)
         rows = read_score_rows(opts.input, opts.prompt_field or scorer.prompt_field)
         prompts, responses, slots = [], [], []
@@ -260,6 +265,8 @@ def data_qa_feedback(opts: QAFeedbackSplit) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, rows in splits.items():
             atomic_write_jsonl(out_dir / f"{name}.jsonl", rows)
+        if "val" not in splits:  # an earlier split's val.jsonl would overlap this train.jsonl
+            (out_dir / "val.jsonl").unlink(missing_ok=True)
         (out_dir / "NOTICE.md").write_text(
             "Derived from QA-Feedback (Wu et al. 2023, 'Fine-Grained Human Feedback Gives Better Rewards\n"
             "for Language Model Training'; allenai/FineGrainedRLHF), Apache License 2.0.\n"

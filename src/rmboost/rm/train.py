@@ -93,7 +93,7 @@ def load_sources(cfg: TrainRMConfig) -> tuple[Mixture, list[Any]]:
 def _check(cfg: TrainRMConfig) -> None:
     if not cfg.train:
         raise ValueError("give at least one --train file")
-    check_schedule(cfg)
+    check_schedule(cfg, model_file=META_FILE)
     if cfg.select_metric not in ("accuracy", "loss"):
         raise ValueError(f"--select-metric {cfg.select_metric!r}: use accuracy or loss")
 

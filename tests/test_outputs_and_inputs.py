@@ -1,0 +1,113 @@
+"""No command writes over a file it reads or a folder of someone else's files (found in review, stop 18).
+
+Each case was reproduced first: merge replaced a shard with the merged file, relabel emptied its
+input through its `.filtered.jsonl` side file, `report -o rep/results.json` destroyed the run's
+results, `train-rm -o .` would have removed the folder's checkpoints/, a second
+`data qa-feedback` left an overlapping val.jsonl. Every check runs before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import QA_FEEDBACK
+from typer.testing import CliRunner
+
+from rmboost.cli import app
+from rmboost.data.pairs import input_written_over
+
+runner = CliRunner()
+
+
+def pairs_file(path: Path, ids: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": i, "prompt": "p", "chosen": "c", "rejected": "r",
+                                        "chosen_score": 6, "rejected_score": 2}) + "\n" for i in ids))
+    return path
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_input_written_over_compares_resolved_paths(tmp_path: Path):
+    a = pairs_file(tmp_path / "a.jsonl", ["x"])
+    (tmp_path / "sub").mkdir()
+    assert input_written_over([tmp_path / "sub" / ".." / "a.jsonl"], [a]) == tmp_path / "sub" / ".." / "a.jsonl"
+    assert input_written_over([tmp_path / "b.jsonl", tmp_path / "new.jsonl"], [a]) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["merge", "{d}/s1.jsonl", "{d}/s2.jsonl", "-o", "{d}/s1.jsonl"], "--output {d}/s1.jsonl is one of the inputs"),
+        (["merge", "{d}/s1.jsonl", "-o", "{d}/m.parquet"], "--output {d}/m.parquet: merge writes JSONL; use a .jsonl name"),
+        (["merge", "{d}/noid.jsonl", "-o", "{d}/m.jsonl"], "{d}/noid.jsonl, line 1: no 'id'"),
+        (["merge", "-o", "{d}/m.jsonl"], "INPUTS: give at least one"),
+        (["relabel", "{d}/x.filtered.jsonl", "-o", "{d}/x.jsonl", "--chosen-score", "chosen_score",
+          "--rejected-score", "rejected_score"], "--output {d}/x.jsonl writes x.filtered.jsonl, which is the input file"),
+        (["score", "--model", "{d}/none", "--input", "{d}/s1.jsonl", "-o", "{d}/s1.jsonl"],
+         "--output {d}/s1.jsonl is the input file"),
+        (["eval-rm", "--model", "{d}/none", "--test", "{d}/s1.jsonl", "-o", "{d}/s1.jsonl"],
+         "--output {d}/s1.jsonl is the test file"),
+        (["sample", "--model", "{d}/none", "-i", "{d}/s1.jsonl", "-o", "{d}/s1.jsonl"],
+         "--output {d}/s1.jsonl is the input file"),
+        (["train-rm", "--train", "{d}/s1.jsonl", "-o", "{d}/mine"],
+         "--output {d}/mine holds other files and no model of this kind (no rmboost_rm.json)"),
+        (["dpo", "--train", "{d}/s1.jsonl", "-o", "{d}/mine"],
+         "--output {d}/mine holds other files and no model of this kind (no rmboost_dpo.json)"),
+    ],
+)
+def test_a_command_never_writes_over_what_it_reads_or_a_folder_of_other_files(tmp_path: Path, args, message):
+    pairs_file(tmp_path / "s1.jsonl", ["a"])
+    pairs_file(tmp_path / "s2.jsonl", ["b"])
+    pairs_file(tmp_path / "x.filtered.jsonl", ["c"])
+    (tmp_path / "noid.jsonl").write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    before = files(tmp_path)
+    result = runner.invoke(app, [a.replace("{d}", str(tmp_path)) for a in args])
+    assert message.replace("{d}", str(tmp_path)) in error_line(result)
+    assert files(tmp_path) == before
+
+
+def test_a_training_output_may_be_empty_an_earlier_model_or_an_interrupted_runs_checkpoints(tmp_path: Path):
+    from rmboost.rm.train import TrainRMConfig
+    from rmboost.training import check_schedule
+
+    for name, content in (("empty", []), ("model", ["rmboost_rm.json", "model.safetensors"]), ("killed", ["checkpoints"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for entry in content:
+            (folder / entry).mkdir() if entry == "checkpoints" else (folder / entry).write_text("{}")
+        check_schedule(TrainRMConfig(train=["t.jsonl"], output=folder), model_file="rmboost_rm.json")
+    (tmp_path / "model" / "notes.txt").write_text("x")  # an earlier model's folder with more in it is still ours
+    check_schedule(TrainRMConfig(train=["t.jsonl"], output=tmp_path / "model"), model_file="rmboost_rm.json")
+
+
+def test_report_output_must_be_html(tmp_path: Path):
+    from rmboost.analysis.report import write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"cells": []}\n')
+    with pytest.raises(ValueError, match=r"-o .*results.json: the report is an HTML file; use a .html name"):
+        write_report(run, run / "results.json")
+    assert (run / "results.json").read_text() == '{"cells": []}\n'
+
+
+def test_a_second_qa_feedback_split_without_validation_removes_the_old_val_file(tmp_path: Path):
+    out = tmp_path / "qaf"
+    first = runner.invoke(app, ["data", "qa-feedback", "--out", str(out), "--source", str(QA_FEEDBACK),
+                                "--val-fraction", "0.2", "--seed", "0"])
+    assert first.exit_code == 0 and (out / "val.jsonl").exists()
+    again = runner.invoke(app, ["data", "qa-feedback", "--out", str(out), "--source", str(QA_FEEDBACK), "--seed", "0"])
+    assert again.exit_code == 0 and not (out / "val.jsonl").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["NOTICE.md", "test.jsonl", "train.jsonl"]
