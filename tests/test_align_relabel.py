@@ -123,6 +123,10 @@ def test_implicit_prompt_conversations_are_split(tmp_path: Path) -> None:
     assert s["ties"] == 1  # kept by default; --drop-ties removes it
     s = run_relabel(RelabelConfig(input=tmp_path / "c.jsonl", output=out, drop_ties=True))
     assert s["rows_out"] == 0 and s["removed"] == {"tie": 1}
+    assert s["mean_score_chosen"] is None  # was 6: the summary averaged the pair it had removed
+    other = {**row, "chosen_score": 8, "rejected_score": 2}
+    s = run_relabel(RelabelConfig(input=write(tmp_path / "d.jsonl", [row, other]), output=out, drop_ties=True))
+    assert s["rows_out"] == 2 and (s["mean_score_chosen"], s["mean_score_rejected"]) == (8, 2)
 
 
 @pytest.mark.parametrize(("name", "is_test"), [

@@ -82,6 +82,7 @@ def write_config(path: Path, **sections: Any) -> Path:
         ({"seeds": [0, 0]}, "seeds: 0 is listed twice"),
         ({"methods": ["rlcd", "rlcd"]}, "methods: 'rlcd' is listed twice"),
         ({"mixture": {"real": -1, "syn": 1}}, "mixture.real: the weight must be a positive number, got -1"),
+        ({"name": "../elsewhere"}, "name: '../elsewhere' names the run folder runs/NAME: use a plain name"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, sections, message):

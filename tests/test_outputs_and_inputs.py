@@ -111,3 +111,31 @@ def test_a_second_qa_feedback_split_without_validation_removes_the_old_val_file(
     again = runner.invoke(app, ["data", "qa-feedback", "--out", str(out), "--source", str(QA_FEEDBACK), "--seed", "0"])
     assert again.exit_code == 0 and not (out / "val.jsonl").exists()
     assert sorted(p.name for p in out.iterdir()) == ["NOTICE.md", "test.jsonl", "train.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sample", "--model", "{d}/none", "-i", "{d}/s1.jsonl", "-o", "{d}/o.jsonl", "--top-p", "7"], "--top-p must be in (0, 1], got 7"),
+        (["sample", "--model", "{d}/none", "-i", "{d}/s1.jsonl", "-o", "{d}/o.jsonl", "--temperature", "-3"], "--temperature must be >= 0"),
+        (["sample", "--model", "{d}/none", "-i", "{d}/s1.jsonl", "-o", "{d}/o.jsonl", "--limit", "0"], "--limit must be >= 1"),
+        (["dpo", "--train", "{d}/s1.jsonl", "-o", "{d}/p", "--logging-steps", "0"], "--logging-steps must be >= 1"),
+        (["dpo", "--train", "{d}/s1.jsonl", "-o", "{d}/p", "--lora-r", "0"], "--lora-r must be >= 1"),
+        (["train-rm", "--train", "{d}/s1.jsonl", "-o", "{d}/m", "--max-steps", "-5"], "--max-steps must be >= 1"),
+        (["generate", "--output", "{d}/g.jsonl", "--top-p", "0"], "--top-p must be in (0, 1], got 0"),
+    ],
+)
+def test_sampling_and_training_values_are_checked_before_a_model_loads(tmp_path: Path, args, message):
+    """Found in review: these reached the model load (or transformers) before failing, or never failed."""
+    pairs_file(tmp_path / "s1.jsonl", ["a"])
+    result = runner.invoke(app, [a.replace("{d}", str(tmp_path)) for a in args])
+    assert message in error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.jsonl"]
+
+
+def test_report_names_a_results_file_of_the_wrong_shape(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"cells": 5}\n')
+    result = runner.invoke(app, ["report", str(run)])
+    assert "results.json: 'cells' should be a list, got int" in error_line(result)

@@ -56,7 +56,7 @@ from rmboost.methods.rlaif import rlaif_pair
 from rmboost.methods.rlcd import rlcd_pair
 from rmboost.methods.rmboost import balanced_label, rmboost_pair
 from rmboost.methods.west_of_n import judge_scorer, rm_scorer, west_of_n_pair
-from rmboost.options import at_least, group, option, pick, reuse, validate
+from rmboost.options import at_least, group, nucleus_mass, option, pick, reuse, validate
 from rmboost.progress import JobProgress
 from rmboost.prompts import Label
 from rmboost.tasks import TaskSpec, load_task
@@ -94,7 +94,7 @@ class GenerateConfig:
     backend: BackendOptions = group(BackendOptions)
     concurrency: int = option(1, check=at_least(1), help="Requests in flight at once.")
     temperature: float = option(0.7)
-    top_p: float = option(0.95)
+    top_p: float = option(0.95, check=nucleus_mass)
     max_tokens: int = option(512, help="Per response.")
     aspect_mode: str = reuse(MethodSettings, "aspect_mode")
     aspects_k: int = reuse(MethodSettings, "aspects_k")

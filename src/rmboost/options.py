@@ -111,6 +111,11 @@ def at_least(low: float) -> Callable[[Any], str | None]:
     return lambda v: None if v is None or v >= low else f"must be >= {low:g}"
 
 
+def nucleus_mass(v: float) -> str | None:
+    """A nucleus-sampling mass in (0, 1]."""
+    return None if 0 < v <= 1 else f"must be in (0, 1], got {v}"
+
+
 def fraction(v: float) -> str | None:
     """A share in [0, 1)."""
     return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"

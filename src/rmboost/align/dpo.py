@@ -36,7 +36,7 @@ from rmboost.align.policy import fit_prompt, load_policy, policy_prompt, prompt_
 from rmboost.data.inputs import InputError
 from rmboost.data.messages import SourcePair, chat_response, read_source_pairs, response_text
 from rmboost.models import has_chat_template, quiet_transformers, token_ids
-from rmboost.options import option
+from rmboost.options import at_least, option
 from rmboost.training import check_schedule, hardware, logged, loop_totals, start_run, throughput
 
 META_FILE = "rmboost_dpo.json"  # the goal format (read by `rmboost sample`), format, config, summary
@@ -63,17 +63,17 @@ class DPOTrainConfig:
     max_length: int = option(512, help="Tokens of prompt + response; a longer response is cut at its end.")
     max_prompt_length: int = option(256, help="Prompt tokens; a longer prompt is cut from the end of its last user turn (the goal and the start stay).")
     lora: bool = option(False, help="Train a LoRA adapter instead of all weights (needs peft: rmboost[lora]).")
-    lora_r: int = option(16)
-    lora_alpha: int = option(32)
+    lora_r: int = option(16, check=at_least(1))
+    lora_alpha: int = option(32, check=at_least(1))
     lora_dropout: float = option(0.05)
     lora_targets: str = option("all-linear", help="all-linear or comma-separated module names.")
     seed: int = option(0)
-    max_steps: int | None = option(None, help="Stop after N optimizer steps.")
+    max_steps: int | None = option(None, check=at_least(1), help="Stop after N optimizer steps.")
     device: str = option("auto", help="auto, cpu or cuda.")
     bf16: bool | None = option(None, flags=("--bf16/--no-bf16",), help="Default: on for CUDA with bf16, off on CPU.")
     gradient_checkpointing: bool | None = option(
         None, flags=("--gradient-checkpointing/--no-gradient-checkpointing",), help="Default: off.")
-    logging_steps: int = option(10, help="Print loss / reward accuracy every N steps.")
+    logging_steps: int = option(10, check=at_least(1), help="Print loss / reward accuracy every N steps.")
     show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show a progress bar.")
     extra: dict[str, Any] = option(default_factory=dict, cli=False)  # passed to DPOConfig as is
 

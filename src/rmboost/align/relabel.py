@@ -262,8 +262,9 @@ def run_relabel(cfg: RelabelConfig, log: Any = None, judge_backend: Any = None, 
     removed_path = sidecar(cfg.output, "filtered")
     if removed or removed_path.exists():
         atomic_write_jsonl(removed_path, removed)
-    kept = [s for s in (scores or []) if s is not None]
     kept_rows = [r for r in rows if not r["goal_swapped"]] if split == "train" else []
+    kept = ([(r["score_chosen"], r["score_rejected"]) for r in kept_rows] if split == "train"
+            else [s for s in (scores or []) if s is not None])  # the pairs written, not those --drop-ties removed
     summary = {
         "input": str(cfg.input),
         "output": str(cfg.output),

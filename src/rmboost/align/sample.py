@@ -20,7 +20,7 @@ from rmboost.align.policy import fit_prompt, load_policy, policy_prompt
 from rmboost.data.inputs import InputError, read_located_rows
 from rmboost.data.messages import check_messages, split_pair
 from rmboost.data.pairs import atomic_write_jsonl, input_written_over, write_summary
-from rmboost.options import option, reuse
+from rmboost.options import at_least, nucleus_mass, option, reuse
 from rmboost.training import read_meta
 
 
@@ -35,13 +35,13 @@ class SampleConfig:
     variant: str | None = option(None, help="Override the saved goal variant (system or user).")
     template: str | None = reuse(GoalFlags, "goal_template")  # None: the saved one
     scale: str | None = option(None, help="Override the saved goal scale LOW-HIGH.")
-    max_new_tokens: int = option(256)
-    temperature: float = option(0.0, help="0: greedy.")
-    top_p: float = option(1.0)
-    batch_size: int = option(8)
+    max_new_tokens: int = option(256, check=at_least(1))
+    temperature: float = option(0.0, check=at_least(0), help="0: greedy.")
+    top_p: float = option(1.0, check=nucleus_mass)
+    batch_size: int = option(8, check=at_least(1))
     seed: int = option(0)
     max_prompt_length: int | None = option(None, help="Default: the policy's training value, else 512.")
-    limit: int | None = option(None, help="Only the first N distinct prompts.")
+    limit: int | None = option(None, check=at_least(1), help="Only the first N distinct prompts.")
     device: str | None = option(None, help="cpu or cuda (default: cuda if available).")
 
 

@@ -70,6 +70,9 @@ def load_run(run_dir: Path) -> Run:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(results, dict):
         raise ValueError(f"{path}: expected a JSON object")
+    for key in ("cells", "variants", "table", "comparisons"):  # what the report iterates
+        if key in results and not isinstance(results[key], list):
+            raise ValueError(f"{path}: {key!r} should be a list, got {type(results[key]).__name__}")
     variants = [
         Variant(v["name"], v.get("method"), v.get("ablation"), v.get("pairs_file"))
         for v in results.get("variants") or [] if isinstance(v, dict) and v.get("name")

@@ -184,6 +184,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 def validate_config(cfg: ExperimentConfig) -> None:
+    if not cfg.name or Path(cfg.name).name != cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(f"name: {cfg.name!r} names the run folder runs/NAME: use a plain name, no '/' or '..'")
     for name, allowed, values in (("methods", METHOD_NAMES, cfg.methods), ("ablations", ABLATIONS, cfg.ablations),
                                   ("settings", SETTINGS, cfg.settings)):
         for v in values:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rmboost.models import max_positions, resolve_model
-from rmboost.options import option
+from rmboost.options import at_least, option
 from rmboost.rm.backbones import META_FILE, load_reward_model
 from rmboost.rm.data import (
     Mixture,
@@ -68,12 +68,12 @@ class TrainRMConfig:
     center_rewards: float | None = option(None, help="Reward-centering coefficient (e.g. 0.01).")  # Eisenstein et al. 2023
     eval_steps: int | None = option(None, help="Evaluate every N steps (default: every epoch).")
     select_metric: str = option("accuracy", help="Validation metric that picks the checkpoint: accuracy or loss.")
-    max_steps: int | None = option(None, help="Stop after N optimizer steps.")
+    max_steps: int | None = option(None, check=at_least(1), help="Stop after N optimizer steps.")
     device: str = option("auto", help="auto, cpu or cuda.")
     bf16: bool | None = option(None, flags=("--bf16/--no-bf16",), help="Default: on for CUDA with bf16, off on CPU.")
     gradient_checkpointing: bool | None = option(
         None, flags=("--gradient-checkpointing/--no-gradient-checkpointing",), help="Default: off.")
-    logging_steps: int = option(10, help="Print loss/accuracy every N steps.")
+    logging_steps: int = option(10, check=at_least(1), help="Print loss/accuracy every N steps.")
     keep_checkpoints: bool = option(False, help="Keep the intermediate checkpoints folder.")
     show_progress: bool = option(True, flags=("--progress/--no-progress",), help="Show a progress bar.")
     extra: dict[str, Any] = option(default_factory=dict, cli=False)  # passed to RewardConfig as is
