@@ -82,7 +82,6 @@ def write_config(path: Path, **sections: Any) -> Path:
         ({"seeds": [0, 0]}, "seeds: 0 is listed twice"),
         ({"methods": ["rlcd", "rlcd"]}, "methods: 'rlcd' is listed twice"),
         ({"mixture": {"real": -1, "syn": 1}}, "mixture.real: the weight must be a positive number, got -1"),
-        ({"name": "../elsewhere"}, "name: '../elsewhere' names the run folder runs/NAME: use a plain name"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path, sections, message):
@@ -140,8 +139,12 @@ def test_an_out_folder_of_other_files_or_a_changed_resume_is_refused_untouched(t
     config = write_config(tmp_path / "exp.yaml", data={"qa_feedback": str(QA_FEEDBACK)}, settings=["syn"],
                           methods=["rlaif"])
     res = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(mine)], capture_output=True, text=True)
-    assert res.returncode == 2 and f"--out {mine} holds other files and no run" in " ".join(res.stderr.split())
+    assert res.returncode == 2 and f"--out {mine} holds a config.yaml that is not this config, and no run" in " ".join(res.stderr.split())
     assert sorted(p.name for p in mine.iterdir()) == ["config.yaml"] and (mine / "config.yaml").read_text() == "my own notes\n"
+    (mine / "notes.txt").write_text("mine\n")
+    res = subprocess.run([*RMBOOST, "experiment", str(config), "--out", str(mine)], capture_output=True, text=True)
+    assert res.returncode == 2 and f"--out {mine} holds files a run does not write (notes.txt)" in " ".join(res.stderr.split())
+    (mine / "notes.txt").unlink()
 
     run = tmp_path / "run"  # a run whose rlaif pairs were made with another seed
     (run / "gen" / "rlaif").mkdir(parents=True)
@@ -153,6 +156,31 @@ def test_an_out_folder_of_other_files_or_a_changed_resume_is_refused_untouched(t
     text = " ".join(res.stderr.split())
     assert res.returncode == 2 and "gen/rlaif was generated with other settings (" in text and " seed," in text
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_first_run_stopped_by_bad_data_reruns_into_its_folder_after_the_config_is_fixed(tmp_path):
+    """Found in review: the fix-and-rerun loop was refused (config.yaml and data/ but no results yet)."""
+    bad = tmp_path / "bad_test.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "c"}\n')
+    run = tmp_path / "run"
+    config = write_config(tmp_path / "exp.yaml", data={"prompts": "sample:qa_feedback", "test": str(bad)},
+                          settings=["syn"], methods=["rlaif"], output=str(run))
+    first = subprocess.run([*RMBOOST, "experiment", str(config)], capture_output=True, text=True)
+    assert first.returncode == 2 and "missing field 'rejected'" in first.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "data"]
+    good = tmp_path / "test.jsonl"
+    good.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
+    write_config(config, data={"prompts": "sample:qa_feedback", "test": str(good)}, settings=["syn"], methods=["rlaif"],
+                 output=str(run), rm={"epochs": -1})  # refused by the check after the folder's: no generation
+    again = subprocess.run([*RMBOOST, "experiment", str(config)], capture_output=True, text=True)
+    assert again.returncode == 2 and "rm: --epochs must be positive, got -1" in " ".join(again.stderr.split())
+
+
+def test_a_name_that_leaves_runs_is_refused_only_where_it_makes_the_folder(tmp_path):
+    config = write_config(tmp_path / "exp.yaml", name="../elsewhere", data={"qa_feedback": str(QA_FEEDBACK)})
+    res = subprocess.run([*RMBOOST, "experiment", str(config)], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2 and "name: '../elsewhere' names the run folder runs/NAME" in " ".join(res.stderr.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp.yaml"]
 
 
 def test_grid_has_one_real_row_per_seed_and_every_variant_setting(tmp_path):

@@ -82,7 +82,9 @@ def test_a_training_output_may_be_empty_an_earlier_model_or_an_interrupted_runs_
     from rmboost.rm.train import TrainRMConfig
     from rmboost.training import check_schedule
 
-    for name, content in (("empty", []), ("model", ["rmboost_rm.json", "model.safetensors"]), ("killed", ["checkpoints"])):
+    for name, content in (("empty", []), ("model", ["rmboost_rm.json", "model.safetensors"]), ("killed", ["checkpoints"]),
+                          ("saved, then killed", [".rmboost-training", "checkpoints", "model.safetensors", "config.json"]),
+                          ("hidden files only", [".DS_Store"])):
         folder = tmp_path / name
         folder.mkdir()
         for entry in content:
@@ -139,3 +141,43 @@ def test_report_names_a_results_file_of_the_wrong_shape(tmp_path: Path):
     (run / "results.json").write_text('{"cells": 5}\n')
     result = runner.invoke(app, ["report", str(run)])
     assert "results.json: 'cells' should be a list, got int" in error_line(result)
+
+
+def test_two_filters_may_read_one_file_at_once(tmp_path: Path):
+    """Found in review: the filter took its input's writer lock, so a second judge on the same
+    pairs was refused; it now only checks that no job is writing them."""
+    import asyncio
+
+    from conftest import ScriptedBackend
+    from test_filter import filter_job, judge_answer, write_pairs
+
+    src = tmp_path / "pairs.jsonl"
+    write_pairs(src, 6)
+
+    async def both():
+        return await asyncio.gather(filter_job(src, tmp_path / "a.jsonl", ScriptedBackend(judge_answer), concurrency=2),
+                                    filter_job(src, tmp_path / "b.jsonl", ScriptedBackend(judge_answer), concurrency=2))
+
+    a, b = asyncio.run(both())
+    assert (a.kept, a.removed) == (b.kept, b.removed) == (4, 2)
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_observed_power_takes_an_icc_estimate_below_minus_one():
+    """Found in review: the ANOVA ICC falls below -1 when most questions hold one pair; the new
+    [-1, 1] check on Design made eval-rm and experiment runs fail after scoring."""
+    import numpy as np
+
+    from rmboost.power import observed_power
+    from rmboost.stats import icc
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # 30 one-pair questions and 3 two-pair ones, random outcomes
+        unit = np.array([*range(30), 30, 30, 31, 31, 32, 32])
+        a, b = (rng.random(36) < 0.6).astype(float), (rng.random(36) < 0.6).astype(float)
+        if icc(a - b, unit, 33) < -1:
+            break
+    else:
+        pytest.fail("no estimate below -1 in 200 draws")
+    p = observed_power([a - b], [a, b], unit, 33, [], 1)
+    assert p["available"] and p["icc"] == -1.0 and p["design_effect"] == 1.0

@@ -126,7 +126,7 @@ def test_saved_model_round_trip(trained: dict) -> None:
     """The saved folder reloads to the model that was in memory at the end of training."""
     out = trained["cfg"].output
     assert {"config.json", "model.safetensors", "tokenizer.json", META_FILE} <= {p.name for p in out.iterdir()}
-    assert not (out / "checkpoints").exists()
+    assert not (out / "checkpoints").exists() and not (out / ".rmboost-training").exists()  # a finished run's
     meta = json.loads((out / META_FILE).read_text())
     assert meta["format"] == {"prompt_field": "inputs.question", "max_length": MAX_LEN, "template": "pair"}
 

@@ -16,7 +16,6 @@ side file. The closing summary, with tokens and cost, goes to `<name>.summary.js
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
@@ -29,7 +28,7 @@ from rich.console import Console
 
 from rmboost.data.inputs import InputError, iter_located_rows
 from rmboost.data.messages import inputs_row, response_text
-from rmboost.data.output_lock import hold_output, lock_path
+from rmboost.data.output_lock import check_not_written, hold_output, lock_path
 from rmboost.data.pairs import (
     StagedRows,
     atomic_write_bytes,
@@ -138,13 +137,9 @@ async def run_filter(
     out = Path(output)
     check_output_name(out)
     check_not_in_place(Path(pairs_path), out)
-    with contextlib.ExitStack() as locks:
-        locks.enter_context(hold_output(out))
-        if lock_path(Path(pairs_path)).resolve() != lock_path(out).resolve():
-            # The input's writer lock too: no rmboost job appends to the pairs while they are judged
-            # (where the input's folder takes no lock file, read-only say, no rmboost job writes there).
-            with contextlib.suppress(OSError):
-                locks.enter_context(hold_output(Path(pairs_path), advice="filter it once that job has finished"))
+    with hold_output(out):
+        if lock_path(Path(pairs_path)).resolve() != lock_path(out).resolve():  # (else held just above)
+            check_not_written(Path(pairs_path), advice="filter it once that job has finished")
         total = check_pairs(pairs_path, task)
         cache = RequestCache(cache_path) if cache_path else None
         kept, removed = StagedRows(out), StagedRows(sidecar(out, "filtered"))

@@ -230,6 +230,7 @@ def observed_power(
         return {"available": False, "reason": "no finished reward model"}
     if variance == 0:
         return {"available": False, "reason": "every model scored every pair alike (accuracy 0% or 100%): no spread to measure"}
+    rho = min(1.0, max(-1.0, rho))  # the ANOVA estimate can fall below -1 when most questions hold one pair
     sd = pooled_seed_sd(per_seed)
     m = cluster_size(unit, n_units)
     design = Design(pairs=n, pairs_per_question=m, icc=rho, seeds=seeds, seed_sd=sd or 0.0, alpha=alpha, power=power)

@@ -36,6 +36,7 @@ from rmboost.models import quiet_transformers
 Data = TypeVar("Data")
 
 CHECKPOINTS = "checkpoints"  # the Trainer's output_dir, inside the output folder; removed at the end
+STARTED = ".rmboost-training"  # in the output folder from the start of a run to its end: an interrupted run's folder
 
 # A trainer's log line: (the Trainer's log dict, "step N/M · epoch E") -> the line, or None for none.
 LogLine = Callable[[dict[str, Any], str], "str | None"]
@@ -122,9 +123,9 @@ def schedule_arguments(cfg: Any, checkpoints: Path, processes: int = 1) -> dict[
 def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = (), model_file: str | None = None) -> None:
     """The options every trainer has: epochs, learning rate (and `positive` more), batch, warmup, output.
 
-    With `model_file` (the trainer's rmboost_*.json), an existing output folder must be empty, an
-    earlier model of this kind, or an interrupted run's checkpoints: the trainer writes its files
-    there and removes `checkpoints/`, so a folder of other files is refused."""
+    With `model_file` (the trainer's rmboost_*.json), an existing output folder must be empty (hidden
+    files aside), an earlier model of this kind, or an interrupted run's: the trainer writes its
+    files there and removes `checkpoints/`, so a folder of other files is refused."""
     for name, value in (("--epochs", cfg.epochs), ("--learning-rate", cfg.learning_rate), *positive):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
@@ -135,8 +136,8 @@ def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = (), model_f
     if cfg.output.exists() and not cfg.output.is_dir():
         raise ValueError(f"--output {cfg.output} exists and is not a folder")
     if model_file is not None and cfg.output.is_dir():
-        names = {p.name for p in cfg.output.iterdir()}
-        if names and model_file not in names and names != {CHECKPOINTS}:
+        names = {p.name for p in cfg.output.iterdir() if not p.name.startswith(".") or p.name == STARTED}
+        if names and not names & {model_file, STARTED} and names != {CHECKPOINTS}:
             raise ValueError(f"--output {cfg.output} holds other files and no model of this kind (no {model_file}): "
                              "choose a new or empty folder")
 
@@ -257,6 +258,7 @@ class TrainingRun:
         summary["wall_seconds"] = round(time.perf_counter() - self.started, 1)
         meta = {**head, "config": jsonable(asdict(cfg)), "summary": summary}
         (cfg.output / meta_file).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        (cfg.output / STARTED).unlink(missing_ok=True)
         checkpoints = cfg.output / CHECKPOINTS
         if not keep_checkpoints and checkpoints.exists():
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -269,7 +271,11 @@ def start_run(cfg: Any, console: Any, read: Callable[[Any], Data]) -> tuple[Trai
     thus one line naming the file, line and field, before torch, accelerate or any model is loaded
     (the trainer loads its model after this)."""
     data = read(cfg)
-    return TrainingRun(cfg, console), data
+    run = TrainingRun(cfg, console)
+    if run.main:  # marks the folder as this run's until `finish`, so that a re-run after a crash may use it
+        cfg.output.mkdir(parents=True, exist_ok=True)
+        (cfg.output / STARTED).touch()
+    return run, data
 
 
 def hardware(args: Any) -> dict[str, Any]:

@@ -83,6 +83,22 @@ def hold_output(
         os.close(fd)  # releases the lock
 
 
+def check_not_written(path: Path, advice: str) -> None:
+    """Raise OutputBusy when a job holds `path`'s lock (is writing it), without taking the lock:
+    for a job that only reads `path`, so that several readers may run at once."""
+    lock = lock_path(path)
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return  # no lock file: nobody is writing it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputBusy(f"{path} is being written by another job ({_describe_holder(lock)}); {advice}") from None
+    finally:
+        os.close(fd)  # releases the probe
+
+
 def _acquire(path: Path, output: Path, advice: str) -> int:
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

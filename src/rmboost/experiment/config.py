@@ -183,9 +183,14 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return cfg
 
 
+def check_name(name: str) -> None:
+    """A name that makes the default run folder runs/NAME must stay inside runs/."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ConfigError(f"name: {name!r} names the run folder runs/NAME: use a plain name, no '/' or '..' "
+                          "(or give output: or --out)")
+
+
 def validate_config(cfg: ExperimentConfig) -> None:
-    if not cfg.name or Path(cfg.name).name != cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"name: {cfg.name!r} names the run folder runs/NAME: use a plain name, no '/' or '..'")
     for name, allowed, values in (("methods", METHOD_NAMES, cfg.methods), ("ablations", ABLATIONS, cfg.ablations),
                                   ("settings", SETTINGS, cfg.settings)):
         for v in values:

@@ -16,7 +16,14 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.experiment.beta import beta_stage
-from rmboost.experiment.config import ConfigError, cells, check_inputs, load_config, variants
+from rmboost.experiment.config import (
+    ConfigError,
+    cells,
+    check_inputs,
+    check_name,
+    load_config,
+    variants,
+)
 from rmboost.experiment.data import prepare_data
 from rmboost.experiment.generation import (
     check_generation_settings,
@@ -49,6 +56,8 @@ async def run_experiment(
     needs_syn = any(s != REAL for s in cfg.settings)
     try:
         check_run_folder(folder, config_path)
+        if out is None and cfg.output is None:  # runs/NAME
+            check_name(cfg.name)
         for v in vs if needs_syn else []:  # a resume with other settings is refused before anything is touched
             check_generation_settings(generate_config(cfg, v, folder.prompts, run))
         check_rm(cfg)
@@ -129,18 +138,23 @@ def _analyse_and_report(run: Path, log: RunLog, command: str) -> None:
 
 
 def check_run_folder(folder: RunFolder, config_path: str | Path) -> None:
-    """An existing --out folder must be empty or a run: its results.json or log.jsonl, or (a first
-    run stopped early) this very config as its config.yaml. A run writes its config, data and
-    results there and would overwrite a folder of other files."""
+    """An existing --out folder must hold nothing but what a run writes (config.yaml, data/, gen/,
+    rm/, results.json, ...; a first run that stopped early leaves some of them), and a config.yaml
+    alone must be this config: a run writes its config, data and results there and would
+    overwrite a folder of other files."""
     run = folder.dir
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--out {run} is a file, not a run folder")
-    if not run.is_dir() or not any(run.iterdir()) or folder.results.exists() or folder.log.exists():
+    if not run.is_dir():
         return
-    if folder.config.is_file() and folder.config.read_bytes() == Path(config_path).read_bytes():
-        return
-    raise ConfigError(f"--out {run} holds other files and no run (no results.json or log.jsonl): "
-                      "choose a new or empty folder")
+    ours = {p.name for p in folder.written}
+    if other := sorted(p.name for p in run.iterdir() if p.name not in ours and not p.name.startswith(".")):
+        raise ConfigError(f"--out {run} holds files a run does not write ({', '.join(other[:3])}"
+                          f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder")
+    started = any(p.exists() for p in (folder.results, folder.log, folder.data))
+    if folder.config.is_file() and not started and folder.config.read_bytes() != Path(config_path).read_bytes():
+        raise ConfigError(f"--out {run} holds a config.yaml that is not this config, and no run: "
+                          "choose a new or empty folder")
 
 
 def _created(run: Path) -> str:
