@@ -31,10 +31,10 @@ from rmboost.data.messages import inputs_row, response_text
 from rmboost.data.output_lock import check_not_written, hold_output, lock_path
 from rmboost.data.pairs import (
     StagedRows,
-    atomic_write_bytes,
     check_output_name,
     input_written_over,
     sidecar,
+    write_summary,
 )
 from rmboost.llm.accounting import estimate_cost
 from rmboost.llm.batch import BatchOptions, BatchRunner
@@ -187,7 +187,7 @@ async def run_filter(
             wall_seconds=round(time.monotonic() - started, 2),
             batch=runner.summary() if runner is not None else None,
         )
-        atomic_write_bytes(sidecar(out, "summary"), lambda fh: fh.write((summary.to_json() + "\n").encode("utf-8")))
+        write_summary(out, summary.to_json())
     return summary
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import tempfile
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from rmboost.data.pairs import (
     input_written_over,
     iter_jsonl_tolerant,
     sidecar,
+    write_summary,
 )
 from rmboost.job_inputs import PromptSource, index_inputs, todo_rows
 from rmboost.llm import LLM, Backend, SamplingParams
@@ -213,9 +213,7 @@ async def run_generate(
             summary.job = await whole_job(cfg, summary, filtered_before, backend, judge_backend, console)
             summary.cost_usd = _job_cost(cfg, summary)
             summary.wall_seconds = round(time.monotonic() - started, 2)
-            path = sidecar(output, "summary")
-            path.with_name(path.name + ".tmp").write_text(summary.to_json() + "\n", encoding="utf-8")
-            os.replace(path.with_name(path.name + ".tmp"), path)  # never a half summary
+            write_summary(output, summary.to_json())
             return summary
     except BaseException:
         for folder in made:  # the folders this run made, if it left nothing in them

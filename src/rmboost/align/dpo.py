@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rmboost import options
 from rmboost.align.goals import GoalSpec
 from rmboost.align.policy import fit_prompt, load_policy, policy_prompt, prompt_tokens
 from rmboost.data.inputs import InputError
@@ -156,6 +157,7 @@ def prepare_rows(pairs: list[DPOPair], tokenizer: Any, max_prompt_length: int, m
 
 
 def _check(cfg: DPOTrainConfig) -> None:
+    options.validate(cfg)  # the declared checks, for configs built in code (the command line has run them)
     check_schedule(cfg, positive=[("--beta", cfg.beta)], model_file=META_FILE)
     if cfg.max_prompt_length < 8 or cfg.max_prompt_length > cfg.max_length - 16:
         raise ValueError(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rmboost import options
 from rmboost.align.dpo import META_FILE
 from rmboost.align.goals import GoalFlags, GoalSpec, format_score, parse_scale
 from rmboost.align.policy import fit_prompt, load_policy, policy_prompt
@@ -148,8 +149,7 @@ def run_sample(cfg: SampleConfig, log: Any = None) -> dict[str, Any]:
         raise ValueError(f"--output {cfg.output}: use a .jsonl file name")
     if input_written_over([cfg.output], [cfg.input]):
         raise ValueError(f"--output {cfg.output} is the input file: write the samples to another file")
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise ValueError("--max-new-tokens and --batch-size must be at least 1")
+    options.validate(cfg)  # the declared checks, for configs built in code (the command line has run them)
     meta = read_meta(cfg.model, META_FILE) if Path(cfg.model).is_dir() else {}
     spec, score = resolve_goal(cfg, meta)
     limit = cfg.max_prompt_length or meta.get("format", {}).get("max_prompt_length") or 512

@@ -43,10 +43,13 @@ def sidecar(output: Path, kind: str) -> Path:
     return output.with_name(f"{stem}.{kind}{suffix}")
 
 
-def write_summary(output: Path, summary: dict[str, Any]) -> Path:
-    """The job's closing summary as `<stem>.summary.json` beside its output; returns that path."""
+def write_summary(output: Path, summary: dict[str, Any] | str) -> Path:
+    """The job's closing summary as `<stem>.summary.json` beside its output, atomically (never a
+    half summary); returns that path. A dict is written as indented JSON, a str (a summary's own
+    `to_json()`) as it is."""
     path = sidecar(output, "summary")
-    path.write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
+    text = summary if isinstance(summary, str) else json.dumps(summary, indent=2)
+    atomic_write_bytes(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
     return path
 
 
@@ -315,10 +318,11 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
 
 
 class StagedRows:
-    """Rows streamed to a temporary file beside `path`, written over `path` by `commit()`.
+    """Rows streamed to a temporary file beside `path`, written over `path` by `prepare()` then
+    `publish()` (apart, so that several files are all written before any is renamed).
 
     A `.jsonl` path stages its rows in `<name>.tmp`, renamed into place. A `.parquet` path
-    stages them as JSON lines in `<name>.rows.tmp`, and `commit()` writes the Parquet file from
+    stages them as JSON lines in `<name>.rows.tmp`, and `prepare()` writes the Parquet file from
     them (`write_parquet`, streamed) to `<name>.tmp` before the rename. `path` is thus never a
     half file; `discard()` (any failure) removes the temporary ones. The names are fixed, so the
     caller must hold the output's lock (data/output_lock.py); files left by kill -9 are simply
@@ -338,13 +342,8 @@ class StagedRows:
         self._fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
         self.count += 1
 
-    def commit(self) -> Path:
-        self.prepare()
-        return self.publish()
-
     def prepare(self) -> None:
-        """Everything but the rename: the slow part (and the one that can fail, a Parquet column
-        clash) of a commit, so that several files can be prepared first and then renamed together."""
+        """Everything but the rename: the slow part, and the one that can fail (a Parquet column clash)."""
         self._fh.close()
         if self.rows != self.tmp:
             with self.rows.open("rb") as src:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmboost import options
 from rmboost.models import max_positions, resolve_model
 from rmboost.options import at_least, option
 from rmboost.rm.backbones import META_FILE, load_reward_model
@@ -93,6 +94,7 @@ def load_sources(cfg: TrainRMConfig) -> tuple[Mixture, list[Any]]:
 def _check(cfg: TrainRMConfig) -> None:
     if not cfg.train:
         raise ValueError("give at least one --train file")
+    options.validate(cfg)  # the declared checks, for configs built in code (the command line has run them)
     check_schedule(cfg, model_file=META_FILE)
     if cfg.select_metric not in ("accuracy", "loss"):
         raise ValueError(f"--select-metric {cfg.select_metric!r}: use accuracy or loss")
