@@ -16,13 +16,14 @@ out on restart what exists and re-attaches to it instead of paying again.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from rmboost.llm.cache import open_shared_db
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS batches ("
@@ -60,11 +61,7 @@ class BatchStore:
     """The batch tables of one cache file (its own connection; SQLite WAL lets both share the file)."""
 
     def __init__(self, path: str | Path):
-        self._db = sqlite3.connect(Path(path), isolation_level=None, check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in SCHEMA:
-            self._db.execute(statement)
+        self._db = open_shared_db(Path(path), SCHEMA)
 
     def create(self, transport: str, target: dict[str, Any], requests: list[tuple[str, str]]) -> str:
         """Record a batch and its (key, request JSON) pairs in one transaction; returns its id."""

@@ -33,6 +33,39 @@ from typing import Any
 from rmboost.llm.types import Completion, Message, SamplingParams
 
 _INSERT = "INSERT OR REPLACE INTO requests (key, request, response, created) VALUES (?, ?, ?, ?)"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS requests ("
+    " key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL)",
+)
+LOCK_WAIT_S = 60.0  # how long opening or writing the shared cache file waits for another job
+
+
+def open_shared_db(path: Path, schema: tuple[str, ...]) -> sqlite3.Connection:
+    """A connection to the cache file, in WAL mode, with `schema` created.
+
+    Several jobs may open one cache at the same moment. SQLite answers "database is locked" at
+    once, without waiting, to a connection that switches a file to WAL while another does the
+    same, so the whole opening is retried (with backoff, up to LOCK_WAIT_S); writes later wait
+    on the busy timeout as usual.
+    """
+    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.005
+    while True:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=LOCK_WAIT_S)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for statement in schema:
+                db.execute(statement)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        except BaseException:
+            db.close()
+            raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.5)
 
 
 def messages_json(messages: list[Message]) -> str:
@@ -116,14 +149,7 @@ class RequestCache:
         self._pending: list[tuple[str, str, str, float]] = []
         self._waiters: list[asyncio.Future[None]] = []
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS requests ("
-                " key TEXT PRIMARY KEY, request TEXT NOT NULL, response TEXT NOT NULL,"
-                " created REAL NOT NULL)"
-            )
+            self._db = open_shared_db(self.path, SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"cannot open cache {self.path}: {exc}") from exc
 
