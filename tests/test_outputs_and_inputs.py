@@ -63,6 +63,12 @@ def test_input_written_over_compares_resolved_paths(tmp_path: Path):
          "--output {d}/mine holds other files and no model of this kind (no rmboost_rm.json)"),
         (["dpo", "--train", "{d}/s1.jsonl", "-o", "{d}/mine"],
          "--output {d}/mine holds other files and no model of this kind (no rmboost_dpo.json)"),
+        (["train-rm", "--train", "{d}/s1.jsonl", "-o", "{d}/rm", "--init", "{d}/rm/checkpoints/checkpoint-5"],
+         "--init {d}/rm/checkpoints/checkpoint-5 is inside --output {d}/rm, which this run writes over"),
+        (["train-rm", "--train", "{d}/s1.jsonl", "-o", "{d}/rm", "--backbone", "{d}/rm"],
+         "--backbone {d}/rm is inside --output {d}/rm"),
+        (["dpo", "--train", "{d}/s1.jsonl", "-o", "{d}/policy", "--policy", "{d}/policy/checkpoints/checkpoint-5"],
+         "--policy {d}/policy/checkpoints/checkpoint-5 is inside --output {d}/policy"),
     ],
 )
 def test_a_command_never_writes_over_what_it_reads_or_a_folder_of_other_files(tmp_path: Path, args, message):
@@ -72,6 +78,9 @@ def test_a_command_never_writes_over_what_it_reads_or_a_folder_of_other_files(tm
     (tmp_path / "noid.jsonl").write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n')
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    for model, meta in (("rm", "rmboost_rm.json"), ("policy", "rmboost_dpo.json")):  # an interrupted run's folder
+        (tmp_path / model / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+        (tmp_path / model / meta).write_text("{}")
     before = files(tmp_path)
     result = runner.invoke(app, [a.replace("{d}", str(tmp_path)) for a in args])
     assert message.replace("{d}", str(tmp_path)) in error_line(result)

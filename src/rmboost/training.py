@@ -120,12 +120,19 @@ def schedule_arguments(cfg: Any, checkpoints: Path, processes: int = 1) -> dict[
     }
 
 
-def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = (), model_file: str | None = None) -> None:
+def check_schedule(
+    cfg: Any,
+    positive: Sequence[tuple[str, float]] = (),
+    model_file: str | None = None,
+    models: Sequence[tuple[str, Any]] = (),
+) -> None:
     """The options every trainer has: epochs, learning rate (and `positive` more), batch, warmup, output.
 
     With `model_file` (the trainer's rmboost_*.json), an existing output folder must be empty (hidden
     files aside), an earlier model of this kind, or an interrupted run's: the trainer writes its
-    files there and removes `checkpoints/`, so a folder of other files is refused."""
+    files there and removes `checkpoints/`, so a folder of other files is refused. A model the run
+    starts from (`models`: (flag, value) pairs; values that are not paths on disk are names) must
+    not be that folder or lie inside it, where the run would write over it or delete it."""
     for name, value in (("--epochs", cfg.epochs), ("--learning-rate", cfg.learning_rate), *positive):
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be positive, got {value}")
@@ -140,6 +147,11 @@ def check_schedule(cfg: Any, positive: Sequence[tuple[str, float]] = (), model_f
         if names and not names & {model_file, STARTED} and names != {CHECKPOINTS}:
             raise ValueError(f"--output {cfg.output} holds other files and no model of this kind (no {model_file}): "
                              "choose a new or empty folder")
+    output = cfg.output.resolve()
+    for flag, value in models:
+        if value is not None and Path(value).exists() and Path(value).resolve().is_relative_to(output):
+            raise ValueError(f"{flag} {value} is inside --output {cfg.output}, which this run writes over "
+                             "(and whose checkpoints/ it deletes): choose another --output")
 
 
 def progress_callback(console: Any, show_bar: bool, line: LogLine) -> Any:

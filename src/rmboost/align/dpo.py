@@ -158,7 +158,7 @@ def prepare_rows(pairs: list[DPOPair], tokenizer: Any, max_prompt_length: int, m
 
 def _check(cfg: DPOTrainConfig) -> None:
     options.validate(cfg)  # the declared checks, for configs built in code (the command line has run them)
-    check_schedule(cfg, positive=[("--beta", cfg.beta)], model_file=META_FILE)
+    check_schedule(cfg, positive=[("--beta", cfg.beta)], model_file=META_FILE, models=[("--policy", cfg.policy)])
     if cfg.max_prompt_length < 8 or cfg.max_prompt_length > cfg.max_length - 16:
         raise ValueError(
             f"--max-prompt-length {cfg.max_prompt_length} must be at least 8 and leave 16 or more of "

@@ -95,7 +95,7 @@ def _check(cfg: TrainRMConfig) -> None:
     if not cfg.train:
         raise ValueError("give at least one --train file")
     options.validate(cfg)  # the declared checks, for configs built in code (the command line has run them)
-    check_schedule(cfg, model_file=META_FILE)
+    check_schedule(cfg, model_file=META_FILE, models=[("--init", cfg.init), ("--backbone", cfg.backbone)])
     if cfg.select_metric not in ("accuracy", "loss"):
         raise ValueError(f"--select-metric {cfg.select_metric!r}: use accuracy or loss")
 
