@@ -396,6 +396,13 @@ def test_cli_data_train_eval_score(tmp_path: Path, trained: dict) -> None:
 
     table = pq.read_table(tmp_path / "pairs.parquet").to_pylist()
     assert len(table) == 12 and all({"reward_chosen", "reward_rejected"} <= set(t) for t in table)
+    # a column that no Parquet type holds: one line naming it, and the earlier file untouched
+    clash = write_jsonl(tmp_path / "clash.jsonl", [{**rows[0], "note": 1}, {**rows[1], "note": "two"}])
+    before = (tmp_path / "pairs.parquet").read_bytes()
+    r = runner.invoke(app, ["score", "--model", str(trained["cfg"].output), "--input", str(clash), "--output", str(tmp_path / "pairs.parquet"),
+                                "--prompt-field", "prompt"])
+    assert r.exit_code == 2 and "column 'note' holds both" in r.output
+    assert (tmp_path / "pairs.parquet").read_bytes() == before and not list(tmp_path.glob("pairs.parquet*.tmp"))
 
     r = runner.invoke(app, ["score", "--model", str(tmp_path), "--input", str(inp), "--output", str(tmp_path / "x.jsonl")])
     assert r.exit_code == 2 and "reward model not found" in r.output

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 ROW_GROUP_BYTES = 8 << 20  # JSON bytes per row group (the rows held at once)
 
@@ -22,7 +22,7 @@ class ColumnClash(ValueError):
     """Two rows give one Parquet column types that do not mix (bool and int, text and object, ...)."""
 
 
-def write_parquet(path: Path, lines: Callable[[], Iterable[bytes]]) -> None:
+def write_parquet(path: Path | BinaryIO, lines: Callable[[], Iterable[bytes]]) -> None:
     """Write JSON lines as a Parquet file, streamed, in row groups of about ROW_GROUP_BYTES of JSON.
 
     `lines()` is called twice (two passes, neither holding more than a row group): the first

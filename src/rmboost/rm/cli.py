@@ -7,6 +7,7 @@ line and exit code 2, as everywhere in rmboost.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,8 @@ def print_eval(m: dict[str, Any], show_groups: int = 20) -> None:
 @options_cli.command(ScoreOptions)
 def score(opts: ScoreOptions) -> None:
     """Score responses with a trained reward model: one reward per response."""
-    from rmboost.data.pairs import atomic_write_jsonl, input_written_over
+    from rmboost.data.pairs import atomic_write_bytes, atomic_write_jsonl, input_written_over
+    from rmboost.data.parquet import write_parquet
     from rmboost.rm.data import read_score_rows
     from rmboost.rm.score import RewardScorer
 
@@ -218,11 +220,12 @@ def score(opts: ScoreOptions) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.suffix == ".jsonl":
             atomic_write_jsonl(output, result)
-        else:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        else:  # the columns and type rules of every Parquet rmboost writes, atomically too
 
-            pq.write_table(pa.Table.from_pylist(result), output)
+            def lines() -> Iterator[bytes]:
+                return (json.dumps(row, ensure_ascii=False).encode("utf-8") for row in result)
+
+            atomic_write_bytes(output, lambda fh: write_parquet(fh, lines))
     except USER_ERRORS as exc:
         raise _fail(str(exc)) from None
     t = scorer.truncated
