@@ -86,6 +86,8 @@ def _trained_once(args: list[str], folder: Path) -> Path:
     out = folder / "one"
     one = run_one([*args, "--output", str(out)])
     assert one.returncode == 0, one.stderr[-3000:]
+    # stdout holds the result line alone: DeepSpeed's "Setting accelerator to CPU" warning is kept out of it
+    assert one.stdout.strip().endswith(f"saved to {out}") and len(one.stdout.strip().splitlines()) == 1, one.stdout
     return out
 
 

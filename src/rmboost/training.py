@@ -220,6 +220,8 @@ class TrainingRun:
         self.started = time.perf_counter()
         self.console = console
         self.settings = device_settings(cfg.device, cfg.bf16, cfg.gradient_checkpointing)
+        if self.settings["use_cpu"]:  # else DeepSpeed, once imported, prints on stdout that it found no GPU
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.state = PartialState(cpu=self.settings["use_cpu"])
         self.main = self.state.is_main_process
         # `accelerate launch` with a DeepSpeed config sets this; the Trainer then runs DeepSpeed.
