@@ -158,6 +158,24 @@ def test_an_out_folder_of_other_files_or_a_changed_resume_is_refused_untouched(t
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
+def test_a_run_folder_with_the_temporary_files_of_a_killed_run_is_still_a_run(tmp_path):
+    """results.json, analysis.json and the report are written to a temporary file beside them and
+    renamed: a kill -9 in between leaves `<name>...tmp`, which must not make the folder 'not a run'."""
+    from rmboost.experiment.run import check_run_folder
+    from rmboost.runfolder import RunFolder
+
+    run = tmp_path / "run"
+    (run / "gen").mkdir(parents=True)
+    config = run / "config.yaml"
+    config.write_text("settings: [syn]\n")
+    for name in ("results.json", "results.jsonx1y2z3.tmp", "analysis.jsonq9.tmp", "report.html.tmp"):
+        (run / name).write_text("{}")
+    check_run_folder(RunFolder(run), config)
+    (run / "mine.tmp").write_text("x")  # a temporary file that is not one of the run's
+    with pytest.raises(ConfigError, match=r"holds files a run does not write \(mine.tmp\)"):
+        check_run_folder(RunFolder(run), config)
+
+
 def test_a_first_run_stopped_by_bad_data_reruns_into_its_folder_after_the_config_is_fixed(tmp_path):
     """Found in review: the fix-and-rerun loop was refused (config.yaml and data/ but no results yet)."""
     bad = tmp_path / "bad_test.jsonl"

@@ -103,10 +103,10 @@ class RunFolder:
 
     @property
     def written(self) -> list[Path]:
-        """Everything a run writes at the top of its folder (the folders hold the rest)."""
-        top = [self.config, self.log, self.results, self.analysis, self.figures, self.report, self.data, self.gen,
-               self.dir / "rm"]
-        return top + [p.with_name(p.name + ".tmp") for p in (self.results, self.report)]
+        """Everything a run writes at the top of its folder (the folders hold the rest), besides the
+        temporary files a kill may leave (`<name>...tmp`, written and renamed over `<name>`)."""
+        return [self.config, self.log, self.results, self.analysis, self.figures, self.report, self.data, self.gen,
+                self.dir / "rm"]
 
     def gen_dir(self, variant: str) -> Path:
         return self.dir / gen_rel(variant)

@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rmboost.data.pairs import atomic_write_json
 from rmboost.models import quiet_transformers
 
 Data = TypeVar("Data")
@@ -271,7 +272,7 @@ class TrainingRun:
             return
         summary["wall_seconds"] = round(time.perf_counter() - self.started, 1)
         meta = {**head, "config": jsonable(asdict(cfg)), "summary": summary}
-        (cfg.output / meta_file).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        atomic_write_json(cfg.output / meta_file, meta)
         (cfg.output / STARTED).unlink(missing_ok=True)
         checkpoints = cfg.output / CHECKPOINTS
         if not keep_checkpoints and checkpoints.exists():

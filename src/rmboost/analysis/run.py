@@ -21,7 +21,7 @@ from rmboost.analysis.costs import from_results, generation_costs
 from rmboost.analysis.diversity import Encoder, diversity_analysis
 from rmboost.analysis.lengths import length_analysis
 from rmboost.data.messages import response_text
-from rmboost.data.pairs import sidecar
+from rmboost.data.pairs import atomic_write_json, sidecar
 from rmboost.runfolder import REAL, RunFolder, Variant, read_jsonl
 
 ANALYSIS_VERSION = 1
@@ -193,7 +193,7 @@ def analyze_run(
     if write:
         from rmboost.analysis.plots import save_figures
 
-        run.folder.analysis.write_text(json.dumps(analysis, indent=1) + "\n", encoding="utf-8")
+        atomic_write_json(run.folder.analysis, analysis, indent=1)
         save_figures(analysis, run.folder.figures)
     return analysis
 

@@ -48,9 +48,15 @@ def write_summary(output: Path, summary: dict[str, Any] | str) -> Path:
     half summary); returns that path. A dict is written as indented JSON, a str (a summary's own
     `to_json()`) as it is."""
     path = sidecar(output, "summary")
-    text = summary if isinstance(summary, str) else json.dumps(summary, indent=2)
-    atomic_write_bytes(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
+    atomic_write_json(path, summary)
     return path
+
+
+def atomic_write_json(path: Path, value: Any, indent: int = 2) -> None:
+    """`value` as indented JSON (a str: already JSON, written as it is), atomically: a kill leaves
+    the old file or the new one, never half of one that a re-run would fail to read."""
+    text = value if isinstance(value, str) else json.dumps(value, indent=indent, ensure_ascii=False)
+    atomic_write_bytes(path, lambda fh: fh.write((text + "\n").encode("utf-8")))
 
 
 def iter_jsonl_tolerant(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:

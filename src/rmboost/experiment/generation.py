@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from rmboost.backends import BackendOptions
-from rmboost.data.pairs import sidecar
+from rmboost.data.pairs import atomic_write_json, sidecar
 from rmboost.experiment.config import GENERATOR_SAMPLING, ConfigError, ExperimentConfig
 from rmboost.generate import GenerateConfig, run_generate
 from rmboost.llm import Backend
@@ -101,7 +101,7 @@ async def generate_variant(
     folder = Path(gcfg.output).parent
     folder.mkdir(parents=True, exist_ok=True)
     if not check_generation_settings(gcfg):
-        (folder / "stage.json").write_text(json.dumps({"generate": _generation_identity(gcfg)}, indent=2) + "\n", "utf-8")
+        atomic_write_json(folder / "stage.json", {"generate": _generation_identity(gcfg)})
     summary = await run_generate(gcfg, console, backend=backend, judge_backend=judge_backend)
     job = summary.job or {}
     gen_tokens, judge_tokens = usage_totals(job.get("usage") or {}), usage_totals(job.get("judge_usage") or {})
@@ -126,5 +126,5 @@ async def generate_variant(
         "wall_seconds": summary.wall_seconds,
         "model": summary.model,
     }
-    (folder / "accounting.json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+    atomic_write_json(folder / "accounting.json", record)
     return record

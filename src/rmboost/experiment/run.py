@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from rmboost.data.pairs import atomic_write_json
 from rmboost.experiment.beta import beta_stage
 from rmboost.experiment.config import (
     ConfigError,
@@ -95,9 +96,7 @@ async def run_experiment(
         results["table"] = summarize_table(results["cells"], run, paths["test"])
         results.update(compare_run(results["cells"], run, paths["test"], results["settings"],
                                    [v["name"] for v in results["variants"]], results["seeds"]))
-        tmp = folder.results.with_name(folder.results.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n", "utf-8")
-        tmp.replace(folder.results)
+        atomic_write_json(folder.results, results)
 
     save()
     for i, v in enumerate(vs if needs_syn else [], 1):
@@ -148,7 +147,11 @@ def check_run_folder(folder: RunFolder, config_path: str | Path) -> None:
     if not run.is_dir():
         return
     ours = {p.name for p in folder.written}
-    if other := sorted(p.name for p in run.iterdir() if p.name not in ours and not p.name.startswith(".")):
+
+    def written_by_a_run(name: str) -> bool:
+        return name in ours or name.startswith(".") or (name.endswith(".tmp") and name.startswith(tuple(ours)))
+
+    if other := sorted(p.name for p in run.iterdir() if not written_by_a_run(p.name)):
         raise ConfigError(f"--out {run} holds files a run does not write ({', '.join(other[:3])}"
                           f"{', ...' if len(other) > 3 else ''}): choose a new or empty folder")
     started = any(p.exists() for p in (folder.results, folder.log, folder.data))

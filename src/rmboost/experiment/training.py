@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rmboost.data.pairs import atomic_write_json
 from rmboost.experiment.config import RM_PER_CELL, ConfigError, ExperimentConfig
 from rmboost.runfolder import REAL, RunFolder, Variant, count_rows
 
@@ -106,7 +107,7 @@ def run_cell(
         del scorer
         if not cfg.rm.get("keep_models", False):
             shutil.rmtree(folder / "model", ignore_errors=True)
-        eval_file.write_text(json.dumps(metrics, indent=1) + "\n", "utf-8")
-        stamp.write_text(json.dumps({"fingerprint": fingerprint(ident), "config": ident}, indent=2) + "\n", "utf-8")
+        atomic_write_json(eval_file, metrics, indent=1)
+        atomic_write_json(stamp, {"fingerprint": fingerprint(ident), "config": ident})
     return {**base, "status": "ok", "accuracy": metrics["accuracy"], "ci": metrics["ci95"],
             "train_pairs": metrics.get("train_pairs", train_pairs), "eval_file": str(eval_file.relative_to(run))}
