@@ -169,3 +169,11 @@ def test_benchmark_files_with_problems_name_the_row(tmp_path):
         read_benchmark(ties, "rewardbench2")
     with pytest.raises(FileNotFoundError):
         read_benchmark(tmp_path / "nope.jsonl", "rewardbench")
+    # the other benchmark's file: named, with the --format that reads it (was: a v1 file scored as best-of-2)
+    v1 = write_jsonl(tmp_path / "v1.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "subset": "shp"}])
+    with pytest.raises(InputError, match=r"v1.jsonl, line 1: 'rejected' is one response.*use --format rewardbench\)"):
+        read_benchmark(v1, "rewardbench2")
+    v2 = write_jsonl(tmp_path / "v2.jsonl", [{"id": "f1", "subset": "Factuality", "prompt": "p", "chosen": ["c"],
+                                             "rejected": ["r1", "r2", "r3"]}])
+    with pytest.raises(InputError, match=r"v2.jsonl, line 1: 'chosen' is a list of responses.*--format rewardbench2"):
+        read_benchmark(v2, "rewardbench")

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from rmboost.cli import app
 from rmboost.power import (
     Design,
+    accuracies_apart,
     describe_power,
     detectable_difference,
     independent_discordance,
@@ -227,12 +228,22 @@ def test_sample_size_and_seeds_invert_the_detectable_difference():
     assert detectable_difference(Design(pairs=20_000, seeds=k - 1, seed_sd=0.01), discordance=q) > 0.03
     assert seeds_needed(0.01, q, Design(pairs=410, seed_sd=0.01)) is None  # the test set is too small
 
-    result = plan([0.01, 0.02], 0.6, Design(pairs=410, pairs_per_question=410 / 78, icc=0.1))
-    assert [r["pairs"] for r in result["rows"]] == [pairs_needed(d, q, Design(pairs=1, pairs_per_question=410 / 78, icc=0.1))
-                                                    for d in (0.01, 0.02)]
+    # Each planned difference compares models at p -/+ d/2: their discordance grows with d.
+    result = plan([0.01, 0.04], 0.6, Design(pairs=410, pairs_per_question=410 / 78, icc=0.1))
+    assert accuracies_apart(0.6, 0.04) == pytest.approx((0.58, 0.62))
+    q4 = 0.58 * 0.38 + 0.62 * 0.42
+    assert result["rows"][1]["discordance"] == pytest.approx(q4) and q4 > q
+    assert [r["pairs"] for r in result["rows"]] == [
+        pairs_needed(d, qd, Design(pairs=1, pairs_per_question=410 / 78, icc=0.1))
+        for d, qd in ((0.01, 0.595 * 0.395 + 0.605 * 0.405), (0.04, q4))]
     assert result["rows"][0]["questions"] == math.ceil(result["rows"][0]["pairs"] / (410 / 78))
-    with pytest.raises(ValueError, match="impossible"):
-        plan([0.8], 0.6, Design(pairs=100))
+    # Near the ceiling the two models stay inside [0, 1]: 99% and 3 points compares 97% with 100%.
+    high = plan([0.03], 0.99, Design(pairs=100))["rows"][0]
+    assert accuracies_apart(0.99, 0.03) == pytest.approx((0.97, 1.0)) and high["discordance"] == pytest.approx(0.03)
+    # A given discordance bounds the difference: models differ only where they disagree.
+    assert plan([0.2], 0.6, Design(pairs=100), discordance=0.2)["rows"][0]["discordance"] == 0.2
+    with pytest.raises(ValueError, match="25 points is impossible when the models disagree on 20% of pairs"):
+        plan([0.25], 0.6, Design(pairs=100), discordance=0.2)
 
 
 def test_observed_power_uses_the_runs_own_numbers():
@@ -259,14 +270,43 @@ def test_power_command_plans_pairs_questions_and_seeds():
     res = CliRunner().invoke(app, ["power", "--accuracy", "60", "--pairs", "410", "--questions", "78",
                                    "--icc", "0.1", "--seeds", "2", "--seed-sd", "1"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "disagree on 48.0% of pairs (independent errors" in res.output
+    assert "models at 60.0% -/+ d/2 with independent errors" in res.output
     assert "no number (seed noise too large)" in res.output  # 1 and 2 points, with 2 seeds of SD 1
     design = Design(pairs=410, pairs_per_question=410 / 78, icc=0.1, seeds=2, seed_sd=0.01)
-    n3 = pairs_needed(0.03, 0.48, design)
+    n3 = pairs_needed(0.03, independent_discordance(0.585, 0.615), design)
     assert f"{n3:,}" in res.output and f"{math.ceil(n3 / (410 / 78)):,}" in res.output
     assert f"smallest detectable difference {100 * detectable_difference(design, discordance=0.48):.1f} points" in res.output
     bad = CliRunner().invoke(app, ["power", "--accuracy", "0"])
     assert bad.exit_code == 2 and "--accuracy must be" in bad.output
+
+
+def test_power_command_says_what_it_cannot_answer():
+    """Found in review: 5 pairs got a detectable difference (the sign-flip p never reaches 0.05
+    there), and the seeds column answered 1 without a seed spread to go on."""
+    res = CliRunner().invoke(app, ["power", "--pairs", "5"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert ("smallest detectable difference not available (5 pairs: the sign-flip test's smallest p-value is "
+            "0.0625, so no difference can reach p < 0.05)") in res.output
+    res = CliRunner().invoke(app, ["power", "--pairs", "100000", "-d", "2"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "give --seed-sd" in res.output and "points" in res.output.splitlines()[-1]
+    wide = CliRunner().invoke(app, ["power", "--discordance", "0.2", "-d", "25"])
+    assert wide.exit_code == 2 and "25 points is impossible when the models disagree on 20% of pairs" in wide.output
+
+
+def test_p_values_are_shown_rounded_down():
+    """A p just under 0.05 read '0.05' beside a '*' that needs p < 0.05."""
+    from rmboost.stats import format_p
+
+    assert [format_p(p) for p in (0.049995, 0.125, 0.05, 0.29, 1.0, 0.000999, 0.0)] == [
+        "0.049", "0.12", "0.05", "0.29", "1", "0.00099", "0"]
+
+
+def test_two_models_must_be_two(tmp_path):
+    from rmboost.rm.compare import compare_models
+
+    (tmp_path / "rm").mkdir()
+    with pytest.raises(ValueError, match="are the same model"):
+        compare_models([tmp_path / "rm", tmp_path / "rm" / ".." / "rm"], tmp_path / "t.jsonl")
 
 
 def test_eval_rm_says_when_the_interval_alone_would_have_called_it():
@@ -289,7 +329,7 @@ def test_eval_rm_says_when_the_interval_alone_would_have_called_it():
     print_comparison(result, console)
     text = console.export_text()
     assert paired["ci95"][0] > 0 and not paired["detected"]
-    assert "not detected: the interval excludes 0 but p >= 0.05" in text and "p = 0.125" in text
+    assert "not detected: the interval excludes 0 but p >= 0.05" in text and "p = 0.12 " in text
 
 
 @pytest.mark.parametrize(
@@ -358,7 +398,7 @@ def test_power_counts_questions_at_their_mean_size(tmp_path):
     assert res.exit_code == 0, res.output
     kish = (50 + 50**2) / 100  # sum(m^2) / sum(m) = 25.5
     design = Design(pairs=100, pairs_per_question=kish, icc=0.1, question_size=100 / 51)
-    n = pairs_needed(0.02, independent_discordance(0.7), design)
+    n = pairs_needed(0.02, independent_discordance(*accuracies_apart(0.7, 0.02)), design)
     assert "1.96 pairs per question (size-weighted 25.50)" in res.output
     assert f"{n:,}" in res.output and f"{math.ceil(n / (100 / 51)):,}" in res.output
     assert f"{math.ceil(n / kish):,}" not in res.output

@@ -22,7 +22,7 @@ import numpy as np
 
 from rmboost.power import describe_power, observed_power
 from rmboost.runfolder import REAL
-from rmboost.stats import paired_difference, seed_mean
+from rmboost.stats import format_p, paired_difference, seed_mean
 
 REFERENCE = "rmboost"  # the second column of the text table, when the run has it
 
@@ -100,7 +100,7 @@ def format_difference(c: dict[str, Any] | None) -> str:
     if c is None:
         return "-"
     lo, hi = c["ci95"]
-    return (f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] p={c['p_value']:.2g}"
+    return (f"{100 * c['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] p={format_p(c['p_value'])}"
             + (" *" if c["detected"] else ""))
 
 

@@ -104,6 +104,23 @@ def independent_discordance(accuracy: float, other: float | None = None) -> floa
     return accuracy * (1 - b) + b * (1 - accuracy)
 
 
+def accuracies_apart(accuracy: float, delta: float) -> tuple[float, float]:
+    """Two accuracies `delta` apart around `accuracy` (p - delta/2 and p + delta/2), moved inside
+    [0, 1] where that would leave it: the two models a planned difference compares."""
+    low = min(max(accuracy - delta / 2, 0.0), 1.0 - delta)
+    return low, low + delta
+
+
+def undetectable(units: int, unit_name: str, alpha: float) -> str | None:
+    """Why nothing can be detected with this many resampling units, or None: the sign-flip
+    p-value of `units` questions (or independent pairs) is never below 2 / 2^units."""
+    floor = 2.0 ** (1 - units)
+    if floor < alpha:
+        return None
+    return (f"{units} {unit_name}{'' if units == 1 else 's'}: the sign-flip test's smallest p-value is "
+            f"{floor:.3g}, so no difference can reach p < {alpha:g}")
+
+
 def detectable_difference(design: Design, pair_variance: float | None = None, discordance: float | None = None) -> float:
     """The MDD of a design, from a measured per-pair variance of d or from a discordance q.
 
@@ -145,7 +162,13 @@ def plan(
     design: Design,
     discordance: float | None = None,
 ) -> dict[str, Any]:
-    """Pairs, questions and seeds needed for each difference (fractions), for `rmboost power`."""
+    """Pairs, questions and seeds needed for each difference (fractions), for `rmboost power`.
+
+    Without a `discordance`, each difference delta compares two models with independent errors
+    `accuracies_apart(accuracy, delta)`, whose discordance grows with delta; a given discordance
+    q holds for every row, and a difference above q is impossible (the models differ only on the
+    pairs they disagree on). The MDD takes q at `accuracy` (2p(1 - p) for independent errors).
+    """
     if not 0 < accuracy < 1:
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     q = independent_discordance(accuracy) if discordance is None else discordance
@@ -153,14 +176,17 @@ def plan(
         raise ValueError(f"discordance must be in (0, 1], got {q}")
     rows = []
     for delta in differences:
-        if not 0 < delta < 1 or delta * delta >= q:
-            raise ValueError(f"difference {delta:g} is impossible when the models disagree on {q:.0%} of pairs")
-        n = pairs_needed(delta, q, design)
+        if not 0 < delta < 1 or (discordance is not None and delta > discordance):
+            raise ValueError(f"difference {100 * delta:g} points is impossible when the models disagree on "
+                             f"{100 * q:g}% of pairs: they differ only where they disagree")
+        row_q = independent_discordance(*accuracies_apart(accuracy, delta)) if discordance is None else q
+        n = pairs_needed(delta, row_q, design)
         rows.append({
             "difference": delta,
+            "discordance": row_q,
             "pairs": n,
             "questions": None if n is None else math.ceil(n / design.mean_question_size),
-            "seeds_at_pairs": seeds_needed(delta, q, design),
+            "seeds_at_pairs": seeds_needed(delta, row_q, design),
         })
     return {
         "accuracy": accuracy, "discordance": q, "discordance_assumed_independent": discordance is None,
@@ -213,10 +239,8 @@ def observed_power(
     unit_name = "question" if n_units < n else "pair"  # rmboost.rm.evaluate.resampling_units
     if n < 2:
         return {"available": False, "reason": f"{n} test pair{'' if n == 1 else 's'}: no spread to measure"}
-    if 2.0 ** (1 - n_units) >= alpha:  # the sign-flip p-value is never below 2 / 2^units
-        return {"available": False, "reason": (
-            f"{n_units} {unit_name}{'' if n_units == 1 else 's'}: the sign-flip test's smallest p-value is "
-            f"{2.0 ** (1 - n_units):.3g}, so no difference can reach p < {alpha:g}")}
+    if reason := undetectable(n_units, unit_name, alpha):
+        return {"available": False, "reason": reason}
     variance = float(median(float(np.var(d, ddof=1)) for d in diffs)) if diffs else 0.0
     if variance > 0:
         rho = float(median(icc(d, unit, n_units) for d in diffs))

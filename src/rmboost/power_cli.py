@@ -56,7 +56,7 @@ def check_sources(opts: PowerOptions) -> None:
 @options_cli.command(PowerOptions)
 def power(opts: PowerOptions) -> None:
     """Test pairs, questions and seeds needed to detect a difference between two reward models."""
-    from rmboost.power import plan
+    from rmboost.power import plan, undetectable
 
     p = as_share(opts.accuracy)
     pairs, questions, m = opts.pairs, opts.questions, opts.pairs_per_question
@@ -79,10 +79,11 @@ def power(opts: PowerOptions) -> None:
         result = plan([d / 100 for d in (opts.difference or [1.0, 2.0, 3.0])], p, design, opts.discordance)
     except USER_ERRORS as exc:
         raise fail(str(exc)) from None
-    q = result["discordance"]
+    models = (f"for a difference d, models at {100 * p:.1f}% -/+ d/2 with independent errors "
+              "(--discordance sets how often they disagree)" if result["discordance_assumed_independent"]
+              else f"the two models disagree on {100 * result['discordance']:.1f}% of pairs")
     out.print(
-        f"assumptions: accuracy {100 * p:.1f}%; the two models disagree on {100 * q:.1f}% of pairs"
-        f"{' (independent errors; --discordance)' if result['discordance_assumed_independent'] else ''}; "
+        f"assumptions: accuracy {100 * p:.1f}%; {models}; "
         f"{mean:.2f} pairs per question{'' if abs(m - mean) < 0.005 else f' (size-weighted {m:.2f})'}, "
         f"ICC {opts.icc:.2f} -> design effect {design.design_effect:.2f}; "
         f"{opts.seeds} seed(s) per model, seed SD {opts.seed_sd:.1f} points; {opts.alpha:.0%} two-sided, "
@@ -90,16 +91,23 @@ def power(opts: PowerOptions) -> None:
         highlight=False,
     )
     table = Table(title="to detect a paired difference between two reward models")
-    for col in ("difference", "test pairs", "questions", f"seeds per model at {pairs} pairs" if pairs else "seeds"):
+    for col in ("difference", "disagree on", "test pairs", "questions",
+                f"seeds per model at {pairs} pairs" if pairs else "seeds"):
         table.add_column(col, justify="right")
     for row in result["rows"]:
+        seeds = ("-" if not pairs else "no number (test set too small)" if row["seeds_at_pairs"] is None
+                 else "give --seed-sd" if not opts.seed_sd else str(row["seeds_at_pairs"]))
         table.add_row(
             f"{100 * row['difference']:g} point{'' if round(100 * row['difference'], 9) == 1 else 's'}",
+            f"{100 * row['discordance']:.1f}%",
             "no number (seed noise too large)" if row["pairs"] is None else f"{row['pairs']:,}",
             "-" if row["questions"] is None else f"{row['questions']:,}",
-            ("no number (test set too small)" if row["seeds_at_pairs"] is None else str(row["seeds_at_pairs"])) if pairs else "-",
+            seeds,
         )
     out.print(table)
     if pairs:
-        out.print(f"with {pairs:,} pairs ({questions or design.questions:,.0f} questions) and {opts.seeds} seed(s): "
-                  f"smallest detectable difference {100 * result['mdd']:.1f} points", highlight=False)
+        units = round(questions or design.questions)
+        reason = undetectable(units, "question" if units < pairs else "pair", opts.alpha)
+        found = (f"not available ({reason})" if reason else f"{100 * result['mdd']:.1f} points")
+        out.print(f"with {pairs:,} pairs ({units:,} questions) and {opts.seeds} seed(s): "
+                  f"smallest detectable difference {found}", highlight=False)

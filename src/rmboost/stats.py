@@ -30,6 +30,18 @@ import numpy as np
 from rmboost.rm.evaluate import bootstrap_ci
 
 ALPHA = 0.05  # two-sided, with the 95% interval
+
+
+def format_p(p: float) -> str:
+    """A p-value to two significant digits, rounded down, so that the text agrees with the
+    test: a p below ALPHA never reads as 0.05 (0.049995 -> "0.049"; 0.125 -> "0.12")."""
+    from decimal import ROUND_FLOOR, Decimal
+
+    if p <= 0:
+        return "0"
+    exact = Decimal(repr(float(p)))
+    shown = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_FLOOR)
+    return f"{shown.normalize():f}"
 EXACT_PERMUTATION_UNITS = 16  # up to 2**16 sign patterns are enumerated; beyond, Monte Carlo
 
 

@@ -25,6 +25,7 @@ from rmboost.analysis.run import Run, load_analysis, load_run, text_of
 from rmboost.comparisons import comparison_matrices, lookup
 from rmboost.power import describe_power
 from rmboost.runfolder import REAL
+from rmboost.stats import format_p
 
 MAX_PAIRS = 300
 DASH = "\u2013"  # what a cell without a number shows
@@ -32,6 +33,7 @@ _env = jinja2.Environment(
     loader=jinja2.PackageLoader("rmboost", "analysis/templates"),
     autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined,  # a missing optional field renders as nothing
 )
+_env.filters["p"] = format_p
 
 
 # ---------------------------------------------------------------------------------------------

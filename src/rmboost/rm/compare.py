@@ -17,7 +17,7 @@ import numpy as np
 
 from rmboost.power import describe_power, observed_power
 from rmboost.rm.evaluate import evaluate_scores, outcomes, resampling_units
-from rmboost.stats import paired_difference
+from rmboost.stats import format_p, paired_difference
 
 
 def evaluate_model(
@@ -59,6 +59,8 @@ def compare_models(
     smallest difference this comparison could detect."""
     if len(models) != 2:
         raise ValueError(f"give one --model, or two to compare (got {len(models)})")
+    if Path(models[0]).resolve() == Path(models[1]).resolve():
+        raise ValueError(f"--model {models[0]} and --model {models[1]} are the same model: give two to compare")
     evaluated, per_pair = [], []
     pairs: list[Any] = []
     for model in models:
@@ -96,7 +98,7 @@ def print_comparison(result: dict[str, Any], console: Any) -> None:
     console.print(
         f"A - B: {100 * d['difference']:+.1f} points, 95% CI [{100 * lo:+.1f}, {100 * hi:+.1f}] (paired: "
         f"{d['resamples']} resamples of {d['units']} {d['unit']}s, seed {d['seed']}); sign-flip p = "
-        f"{d['p_value']:.3g} ({d['permutation']}); {verdict}",
+        f"{format_p(d['p_value'])} ({d['permutation']}); {verdict}",
         highlight=False,
     )
     console.print(describe_power(result["power"], "this comparison"), highlight=False)

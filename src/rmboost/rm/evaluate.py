@@ -35,7 +35,7 @@ def resampling_units(pairs: Sequence[Pair]) -> tuple[np.ndarray, int, str]:
         names: dict[str, int] = {}
         index = np.array([names.setdefault(p.group or "", len(names)) for p in pairs])
         if len(names) < len(pairs):
-            return index, len(names), "group"
+            return index, len(names), "question"  # the `group` column: pairs of one question
     return np.arange(len(pairs)), len(pairs), "pair"
 
 

@@ -94,6 +94,9 @@ def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
         rid = str(row.get("id", index))
         if fmt == "rewardbench":
             chosen, rejected = row["chosen"], row["rejected"]
+            if bestof := next((n for n in ("chosen", "rejected") if _response_list(row[n])), None):
+                raise InputError(f"{where}: {bestof!r} is a list of responses, as in RewardBench 2 "
+                                 "(use --format rewardbench2)")
             if isinstance(chosen, list) and len(chosen) > 1 and isinstance(chosen[0], dict):
                 # reward-bench: message lists carry the prompt as all but the last message
                 prompt = prompt_text(chosen[:-1], where, "chosen")
@@ -102,6 +105,9 @@ def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
             responses = [response_text(_last(chosen), where, "chosen"), response_text(_last(rejected), where, "rejected")]
             out.append(BenchRow(rid, subset, prompt, responses, 1, where))
             continue
+        if not _response_list(row["rejected"]):
+            raise InputError(f"{where}: 'rejected' is one response, not a list of them as in RewardBench 2 "
+                             "(a RewardBench v1 file? use --format rewardbench)")
         chosen = [row["chosen"]] if isinstance(row["chosen"], str) else list(row["chosen"])
         rejected = [row["rejected"]] if isinstance(row["rejected"], str) else list(row["rejected"])
         texts = [response_text(t, where, "chosen") for t in chosen] + [response_text(t, where, "rejected") for t in rejected]
@@ -115,6 +121,11 @@ def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
     if not out:
         raise InputError(f"{path}: no rows in the file")
     return out
+
+
+def _response_list(value: Any) -> bool:
+    """A list of responses (RewardBench 2), not one response or a conversation (message dicts)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
 def _last(value: Any) -> Any:
