@@ -109,7 +109,7 @@ def read_benchmark(path: str | Path, fmt: str) -> list[BenchRow]:
             raise InputError(f"{where}: 'rejected' is one response, not a list of them as in RewardBench 2 "
                              "(a RewardBench v1 file? use --format rewardbench)")
         chosen = [row["chosen"]] if isinstance(row["chosen"], str) else list(row["chosen"])
-        rejected = [row["rejected"]] if isinstance(row["rejected"], str) else list(row["rejected"])
+        rejected = list(row["rejected"])
         texts = [response_text(t, where, "chosen") for t in chosen] + [response_text(t, where, "rejected") for t in rejected]
         num_correct = int(row.get("num_correct", len(chosen)))
         if not 1 <= num_correct < len(texts):
