@@ -211,7 +211,7 @@ def test_eval_rm_matches_hand_computation(trained: dict, tmp_path: Path, qaf_spl
     assert m["ties"] >= 1
     assert m["truncated"]["responses"] >= 1
     assert m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
-    assert m["bootstrap"]["unit"] == "group"  # QA-Feedback pairs share questions: resample questions
+    assert m["bootstrap"]["unit"] == "question"  # QA-Feedback pairs share questions: resample questions
     assert set(m["groups"]) == {r["group"] for r in rows}
     assert "reward model" in result.output and "longer response wins" in result.output
 
@@ -325,7 +325,7 @@ def test_bootstrap_resamples_groups_and_ties_count_half() -> None:
     m = evaluate_scores(pairs, [1, 1, 1, 0, 0, 0, 2, 2, 2], [0, 0, 0, 1, 1, 1, 2, 2, 2], resamples=500, seed=1)
     assert m["accuracy"] == pytest.approx(0.5)  # 3 right, 3 wrong, 3 ties at 0.5
     assert m["ties"] == 3
-    assert m["bootstrap"] == {"resamples": 500, "unit": "group", "units": 3, "seed": 1}
+    assert m["bootstrap"] == {"resamples": 500, "unit": "question", "units": 3, "seed": 1}
     assert m["baselines"]["longer_wins"]["accuracy"] == 1.0
     assert m["groups"]["g2"] == {"n": 3, "accuracy": 0.5, "longer_wins": 1.0}
     assert 0.0 <= m["ci95"][0] < 0.5 < m["ci95"][1] <= 1.0
