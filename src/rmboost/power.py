@@ -111,14 +111,20 @@ def accuracies_apart(accuracy: float, delta: float) -> tuple[float, float]:
     return low, low + delta
 
 
-def undetectable(units: int, unit_name: str, alpha: float) -> str | None:
-    """Why nothing can be detected with this many resampling units, or None: the sign-flip
-    p-value of `units` questions (or independent pairs) is never below 2 / 2^units."""
+def unit_name(units: int, pairs: int) -> str:
+    """What `units` resampling units of `pairs` test pairs are: questions, or pairs when every pair
+    is its own unit (`rmboost.rm.evaluate.resampling_units`)."""
+    return "question" if units < pairs else "pair"
+
+
+def undetectable(units: int, pairs: int, alpha: float) -> str | None:
+    """Why nothing can be detected with `units` resampling units of `pairs` pairs, or None: the
+    sign-flip p-value of `units` questions (or independent pairs) is never below 2 / 2^units."""
     floor = 2.0 ** (1 - units)
     if floor < alpha:
         return None
-    return (f"{units} {unit_name}{'' if units == 1 else 's'}: the sign-flip test's smallest p-value is "
-            f"{floor:.3g}, so no difference can reach p < {alpha:g}")
+    return (f"{units} {unit_name(units, pairs)}{'' if units == 1 else 's'}: the sign-flip test's smallest "
+            f"p-value is {floor:.3g}, so no difference can reach p < {alpha:g}")
 
 
 def detectable_difference(design: Design, pair_variance: float | None = None, discordance: float | None = None) -> float:
@@ -236,10 +242,9 @@ def observed_power(
     from rmboost.stats import cluster_size, icc
 
     n = len(unit)
-    unit_name = "question" if n_units < n else "pair"  # rmboost.rm.evaluate.resampling_units
     if n < 2:
         return {"available": False, "reason": f"{n} test pair{'' if n == 1 else 's'}: no spread to measure"}
-    if reason := undetectable(n_units, unit_name, alpha):
+    if reason := undetectable(n_units, n, alpha):
         return {"available": False, "reason": reason}
     variance = float(median(float(np.var(d, ddof=1)) for d in diffs)) if diffs else 0.0
     if variance > 0:
@@ -260,7 +265,7 @@ def observed_power(
     design = Design(pairs=n, pairs_per_question=m, icc=rho, seeds=seeds, seed_sd=sd or 0.0, alpha=alpha, power=power)
     test_only = Design(pairs=n, pairs_per_question=m, icc=rho, alpha=alpha, power=power)
     return {
-        "available": True, "alpha": alpha, "power": power, "pairs": n, "questions": n_units, "unit": unit_name,
+        "available": True, "alpha": alpha, "power": power, "pairs": n, "questions": n_units, "unit": unit_name(n_units, n),
         "pairs_per_question": m, "icc": rho, "design_effect": design.design_effect, "pair_variance": variance,
         "seeds": seeds, "seed_sd": sd, "basis": basis,
         "mdd_test_set": detectable_difference(test_only, pair_variance=variance),

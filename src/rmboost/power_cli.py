@@ -107,7 +107,7 @@ def power(opts: PowerOptions) -> None:
     out.print(table)
     if pairs:
         units = round(questions or design.questions)
-        reason = undetectable(units, "question" if units < pairs else "pair", opts.alpha)
+        reason = undetectable(units, pairs, opts.alpha)
         found = (f"not available ({reason})" if reason else f"{100 * result['mdd']:.1f} points")
         out.print(f"with {pairs:,} pairs ({units:,} questions) and {opts.seeds} seed(s): "
                   f"smallest detectable difference {found}", highlight=False)

@@ -23,6 +23,7 @@ clustered test set is worth than as many independent pairs; `rmboost.power` buil
 from __future__ import annotations
 
 import itertools
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -30,19 +31,17 @@ import numpy as np
 from rmboost.rm.evaluate import bootstrap_ci
 
 ALPHA = 0.05  # two-sided, with the 95% interval
+EXACT_PERMUTATION_UNITS = 16  # up to 2**16 sign patterns are enumerated; beyond, Monte Carlo
 
 
 def format_p(p: float) -> str:
     """A p-value to two significant digits, rounded down, so that the text agrees with the
     test: a p below ALPHA never reads as 0.05 (0.049995 -> "0.049"; 0.125 -> "0.12")."""
-    from decimal import ROUND_FLOOR, Decimal
-
     if p <= 0:
         return "0"
     exact = Decimal(repr(float(p)))
     shown = exact.quantize(Decimal(1).scaleb(exact.adjusted() - 1), rounding=ROUND_FLOOR)
     return f"{shown.normalize():f}"
-EXACT_PERMUTATION_UNITS = 16  # up to 2**16 sign patterns are enumerated; beyond, Monte Carlo
 
 
 def seed_mean(outcomes: Any) -> np.ndarray:
